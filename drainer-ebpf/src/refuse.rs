@@ -1,0 +1,34 @@
+//! `sk_lookup`, attached to the guarded network namespace.
+//!
+//! When: the kernel runs it when a packet finds no established socket and it is about to look up a
+//! listening socket — for TCP, in practice, each SYN (and a SYN-cookie ACK). Established
+//! connections and handshakes already under way never reach it, so refusing here cannot disturb
+//! them.
+//! Sees: the packet's addresses, ports and protocol; not the packet itself.
+//! Returning `SK_DROP` fails the lookup, and TCP answers a lookup that found no socket with a reset:
+//! the client's connect fails at once with ECONNREFUSED instead of retransmitting its SYN.
+//! Cost: one array read per lookup in this namespace, plus a hash lookup while draining.
+use aya_ebpf::{macros::sk_lookup, programs::SkLookupContext};
+use aya_log_ebpf::debug;
+
+use crate::tracking::{count_refused, draining, port_slot};
+
+const IPPROTO_TCP: u32 = 6;
+const SK_DROP: u32 = 0;
+const SK_PASS: u32 = 1;
+
+#[sk_lookup]
+pub fn refuse_while_draining(ctx: SkLookupContext) -> u32 {
+    // SAFETY: the kernel passes a valid context.
+    let lookup = unsafe { &*ctx.lookup };
+    if lookup.protocol != IPPROTO_TCP || !draining() {
+        return SK_PASS;
+    }
+    let port = lookup.local_port as u16;
+    let Some(slot) = port_slot(port) else {
+        return SK_PASS;
+    };
+    count_refused(slot);
+    debug!(&ctx, "refused a connection to draining port {}", port);
+    SK_DROP
+}

@@ -1,0 +1,75 @@
+//! `iter/tcp`, run once at start-up from inside the guarded network namespace.
+//!
+//! When: each read of the iterator visits every TCP socket of the namespace the iterator was
+//! created in: full sockets, request sockets and TIME_WAIT sockets. The kernel holds each full
+//! socket's lock while the program runs, so a socket cannot close half-way through being recorded;
+//! one that closes afterwards is forgotten by `closed`, like any other.
+//! Sees: `struct sock_common`. Only its first 20 bytes are read — addresses, ports, family and
+//! state — whose layout has not changed since Linux 3.x; nothing else is assumed about the struct.
+//! Cost: runs only when drainer starts; no per-packet cost.
+use aya_ebpf::helpers::bpf_get_socket_cookie;
+
+use crate::tracking::{port_slot, track};
+
+/// `struct bpf_iter__tcp`.
+#[repr(C)]
+pub struct TcpIterContext {
+    meta: *const core::ffi::c_void,
+    sk_common: *mut SockCommonHead,
+    uid: u32,
+}
+
+/// The stable head of `struct sock_common`.
+#[repr(C)]
+pub struct SockCommonHead {
+    daddr: u32,
+    rcv_saddr: u32,
+    hash: u32,
+    dport: u16,
+    num: u16,
+    family: u16,
+    state: u8,
+}
+
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_FIN_WAIT1: u8 = 4;
+const TCP_FIN_WAIT2: u8 = 5;
+const TCP_CLOSE_WAIT: u8 = 8;
+const TCP_LAST_ACK: u8 = 9;
+const TCP_CLOSING: u8 = 11;
+
+/// The states a connection passes through between ESTABLISHED and CLOSE on a full socket; a
+/// connection in any of them would have been counted had drainer seen it established.
+fn between_established_and_close(state: u8) -> bool {
+    matches!(
+        state,
+        TCP_ESTABLISHED
+            | TCP_FIN_WAIT1
+            | TCP_FIN_WAIT2
+            | TCP_CLOSE_WAIT
+            | TCP_LAST_ACK
+            | TCP_CLOSING
+    )
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/tcp")]
+pub extern "C" fn seed_established(ctx: *mut TcpIterContext) -> i32 {
+    // SAFETY: the kernel passes a valid context; `sk_common` is null at the end of the walk.
+    let sk = unsafe { (*ctx).sk_common };
+    if sk.is_null() {
+        return 0;
+    }
+    // SAFETY: non-null BTF pointer to a sock_common; the fields read are in its stable head.
+    let (state, port) = unsafe { ((*sk).state, (*sk).num) };
+    if !between_established_and_close(state) {
+        return 0;
+    }
+    let Some(slot) = port_slot(port) else {
+        return 0;
+    };
+    // SAFETY: `sk` is a full socket (its state says so) known to the verifier as sock_common.
+    let cookie = unsafe { bpf_get_socket_cookie(sk.cast()) };
+    track(cookie, slot, 0);
+    0
+}

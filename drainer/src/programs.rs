@@ -1,0 +1,243 @@
+//! drainer's kernel side as one handle: load the embedded eBPF object, attach its programs, seed
+//! the connections that already exist, and read or flip the maps they share.
+//!
+//! Nothing is pinned: every program hangs off a link owned by this process, so when drainer exits
+//! or dies the kernel detaches them and the ports behave as if drainer had never run.
+use std::{fs::File, io::Read as _, path::Path};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, RingBuf},
+    programs::{BtfTracePoint, CgroupAttachMode, Iter, SkLookup, SockOps},
+};
+use aya_log::EbpfLogger;
+use drainer_common::{Connection, MAX_PORTS, PortCounters, SWITCH_DRAINING};
+
+use crate::netns::Netns;
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/drainer"));
+
+/// The kernel features drainer needs, each with the first Linux release that has it.
+struct Feature {
+    what: &'static str,
+    since: &'static str,
+}
+
+const SOCK_OPS: Feature = Feature {
+    what: "sock_ops programs with bpf_get_netns_cookie",
+    since: "5.15",
+};
+const SK_LOOKUP: Feature = Feature {
+    what: "sk_lookup programs",
+    since: "5.9",
+};
+const TP_BTF: Feature = Feature {
+    what: "BTF tracepoints using bpf_get_socket_cookie",
+    since: "5.12",
+};
+const TCP_ITER: Feature = Feature {
+    what: "TCP socket iterators",
+    since: "5.9",
+};
+
+fn missing(feature: &Feature) -> String {
+    format!(
+        "this kernel cannot load {} (Linux >= {} needed)",
+        feature.what, feature.since
+    )
+}
+
+/// What to guard: ports in one network namespace, tracked through one cgroup v2 hierarchy.
+pub struct Target<'a> {
+    pub ports: &'a [u16],
+    pub netns: &'a Netns,
+    pub cgroup: &'a Path,
+}
+
+/// A port's counters as the kernel side last wrote them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortCount {
+    pub port: u16,
+    pub counters: PortCounters,
+}
+
+/// The attached programs and their maps.
+pub struct Programs {
+    ebpf: Ebpf,
+    ports: Vec<u16>,
+}
+
+impl Programs {
+    /// Loads and attaches everything, then seeds the connections that were already established.
+    /// On return every established connection to the ports is counted, and every later one will be.
+    pub fn attach(target: &Target<'_>) -> Result<Self> {
+        if target.ports.is_empty() || target.ports.len() > MAX_PORTS as usize {
+            bail!(
+                "drainer guards between 1 and {MAX_PORTS} ports, not {}",
+                target.ports.len()
+            );
+        }
+        let btf = Btf::from_sys_fs().map_err(|err| {
+            anyhow!(
+                "this kernel exposes no BTF at /sys/kernel/btf/vmlinux ({err}); drainer needs \
+                 CONFIG_DEBUG_INFO_BTF (Linux >= 5.5 built with BTF, as all major distributions do)"
+            )
+        })?;
+        let netns_cookie = target.netns.cookie()?;
+        let ebpf = EbpfLoader::new()
+            .btf(&btf)
+            .override_global("TARGET_NETNS_COOKIE", &netns_cookie, true)
+            .load(EBPF_OBJECT)
+            .context("loading drainer's eBPF object into the kernel")?;
+        let mut programs = Self {
+            ebpf,
+            ports: target.ports.to_vec(),
+        };
+        programs.write_port_slots()?;
+
+        // Order matters: closes are watched before anything is recorded, and new connections are
+        // recorded before the existing ones are swept, so no connection falls between the two.
+        programs.attach_closed(&btf)?;
+        programs.attach_established(target.cgroup)?;
+        programs.seed(&btf, target.netns)?;
+        programs.attach_refuse(target.netns)?;
+        Ok(programs)
+    }
+
+    fn write_port_slots(&mut self) -> Result<()> {
+        let ports = self.ports.clone();
+        let mut slots: HashMap<_, u16, u32> =
+            HashMap::try_from(self.map_mut("PORT_SLOTS")?).context("PORT_SLOTS map")?;
+        for (slot, port) in ports.iter().enumerate() {
+            slots
+                .insert(port, &(slot as u32), 0)
+                .context("writing PORT_SLOTS")?;
+        }
+        Ok(())
+    }
+
+    fn attach_closed(&mut self, btf: &Btf) -> Result<()> {
+        let program: &mut BtfTracePoint = self.program_mut("forget_closed")?.try_into()?;
+        program
+            .load("inet_sock_set_state", btf)
+            .with_context(|| missing(&TP_BTF))?;
+        program
+            .attach()
+            .context("attaching the inet_sock_set_state tracepoint")?;
+        Ok(())
+    }
+
+    fn attach_established(&mut self, cgroup: &Path) -> Result<()> {
+        let cgroup_dir = File::open(cgroup)
+            .with_context(|| format!("cannot open cgroup {}", cgroup.display()))?;
+        let program: &mut SockOps = self.program_mut("track_established")?.try_into()?;
+        program.load().with_context(|| missing(&SOCK_OPS))?;
+        program
+            .attach(&cgroup_dir, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching sock_ops to cgroup {}", cgroup.display()))?;
+        Ok(())
+    }
+
+    fn seed(&mut self, btf: &Btf, netns: &Netns) -> Result<()> {
+        let program: &mut Iter = self.program_mut("seed_established")?.try_into()?;
+        program
+            .load("tcp", btf)
+            .with_context(|| missing(&TCP_ITER))?;
+        let link_id = program.attach().context("attaching the TCP iterator")?;
+        let link = program.take_link(link_id)?;
+        // The iterator walks the sockets of the namespace it is created in.
+        netns.run_inside(move || {
+            let mut iterator = link.into_file().context("creating the TCP iterator")?;
+            let mut output = Vec::new();
+            iterator
+                .read_to_end(&mut output)
+                .context("walking the TCP sockets")?;
+            Ok(())
+        })
+    }
+
+    fn attach_refuse(&mut self, netns: &Netns) -> Result<()> {
+        let program: &mut SkLookup = self.program_mut("refuse_while_draining")?.try_into()?;
+        program.load().with_context(|| missing(&SK_LOOKUP))?;
+        program.attach(netns).with_context(|| {
+            format!(
+                "attaching sk_lookup to network namespace {}",
+                netns.path().display()
+            )
+        })?;
+        Ok(())
+    }
+
+    /// From now on every new connection to the ports is refused, and count changes are announced
+    /// through [`Programs::take_events`].
+    pub fn start_refusing(&mut self) -> Result<()> {
+        let mut switches: Array<_, u32> =
+            Array::try_from(self.map_mut("SWITCHES")?).context("SWITCHES map")?;
+        switches
+            .set(SWITCH_DRAINING, &1, 0)
+            .context("setting the drain switch")?;
+        Ok(())
+    }
+
+    /// Each port's counters, in the order the ports were given.
+    pub fn counts(&self) -> Result<Vec<PortCount>> {
+        let counters: Array<_, PortCounters> =
+            Array::try_from(self.map("PORT_COUNTERS")?).context("PORT_COUNTERS map")?;
+        self.ports
+            .iter()
+            .enumerate()
+            .map(|(slot, &port)| {
+                let counters = counters
+                    .get(&(slot as u32), 0)
+                    .context("reading PORT_COUNTERS")?;
+                Ok(PortCount { port, counters })
+            })
+            .collect()
+    }
+
+    /// Every tracked connection: socket cookie, record.
+    pub fn connections(&self) -> Result<Vec<(u64, Connection)>> {
+        let live: HashMap<_, u64, Connection> =
+            HashMap::try_from(self.map("LIVE_CONNECTIONS")?).context("LIVE_CONNECTIONS map")?;
+        // An entry deleted while the walk passes it is skipped; the walk never fails for it.
+        Ok(live.iter().filter_map(Result::ok).collect())
+    }
+
+    /// The port a connection's `port_slot` names.
+    pub fn port_of(&self, connection: &Connection) -> Option<u16> {
+        self.ports.get(connection.port_slot as usize).copied()
+    }
+
+    /// The ring buffer that carries count changes while draining.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .context("EVENTS map already taken")?;
+        RingBuf::try_from(map).context("EVENTS map")
+    }
+
+    /// The reader of the programs' aya-log records.
+    pub fn take_logger(&mut self) -> Result<EbpfLogger<&'static dyn log::Log>> {
+        EbpfLogger::init(&mut self.ebpf).context("reading the eBPF programs' logs")
+    }
+
+    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf
+            .map(name)
+            .with_context(|| format!("the eBPF object has no map {name}"))
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .with_context(|| format!("the eBPF object has no map {name}"))
+    }
+
+    fn program_mut(&mut self, name: &str) -> Result<&mut aya::programs::Program> {
+        self.ebpf
+            .program_mut(name)
+            .with_context(|| format!("the eBPF object has no program {name}"))
+    }
+}

@@ -1,0 +1,1 @@
+//! Harness for integration tests that run drainer on the real kernel.
