@@ -1,5 +1,16 @@
 //! drainer: stop a TCP server without dropping a live connection.
+//!
+//! Mechanisms (kernel side, child process, sockets) live in their own modules; the decisions of a
+//! drain live in [`drain`], a pure state machine.
 pub mod capabilities;
 pub mod cgroup;
+pub mod child;
+pub mod cli;
+pub mod connections;
+pub mod drain;
+pub mod logging;
 pub mod netns;
 pub mod programs;
+pub mod progress;
+pub mod run;
+pub mod sock_diag;

@@ -1,26 +1,29 @@
-use std::path::Path;
+use std::process::ExitCode;
 
-use anyhow::Result;
+use clap::Parser as _;
 use drainer::{
-    cgroup,
-    netns::Netns,
-    programs::{Programs, Target},
+    cli::{Cli, Command},
+    logging,
+    run::{self, RunOptions},
 };
 
-fn main() -> Result<()> {
-    let port: u16 = std::env::args().nth(1).unwrap().parse()?;
-    let netns = Netns::current()?;
-    let cg = cgroup::cgroup2_root()?;
-    let mut p = Programs::attach(&Target {
-        ports: &[port],
-        netns: &netns,
-        cgroup: Path::new(&cg),
-    })?;
-    println!("{:?}", p.counts()?);
-    std::thread::sleep(std::time::Duration::from_secs(3));
-    println!("{:?}", p.counts()?);
-    p.start_refusing()?;
-    std::thread::sleep(std::time::Duration::from_secs(3));
-    println!("{:?}", p.counts()?);
-    Ok(())
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init();
+    let result = match cli.command {
+        Command::Run(args) => run::run(RunOptions {
+            ports: args.ports,
+            drain_timeout: args.drain_timeout,
+            kill_after: args.kill_after,
+            cgroup: args.cgroup,
+            command: args.command,
+        }),
+    };
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(err) => {
+            tracing::error!("{err:#}");
+            ExitCode::from(1)
+        }
+    }
 }

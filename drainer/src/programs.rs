@@ -204,6 +204,10 @@ impl Programs {
         Ok(live.iter().filter_map(Result::ok).collect())
     }
 
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
     /// The port a connection's `port_slot` names.
     pub fn port_of(&self, connection: &Connection) -> Option<u16> {
         self.ports.get(connection.port_slot as usize).copied()

@@ -1,0 +1,127 @@
+//! The supervised server: started in its own process group, watched through a pidfd.
+//!
+//! Its own process group keeps a terminal's Ctrl-C away from it: the signal reaches drainer
+//! alone, and drainer decides when the server hears of it.
+use std::{
+    ffi::OsString,
+    io,
+    os::{
+        fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd},
+        unix::process::CommandExt as _,
+    },
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use nix::{
+    sys::{
+        signal::{Signal, kill, killpg},
+        wait::{WaitPidFlag, WaitStatus, waitpid},
+    },
+    unistd::Pid,
+};
+
+#[derive(Debug)]
+pub struct Child {
+    pid: Pid,
+    pidfd: OwnedFd,
+}
+
+impl Child {
+    /// Starts `argv` in a new process group.
+    pub fn spawn(argv: &[OsString]) -> Result<Self> {
+        let Some((program, args)) = argv.split_first() else {
+            bail!(
+                "no command to run: give it after `--`, e.g. `drainer run --port 8000 -- uvicorn app:app`"
+            );
+        };
+        let child = Command::new(program)
+            .args(args)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start {}", program.to_string_lossy()))?;
+        let pid = Pid::from_raw(child.id() as i32);
+        // The child is never reaped before this pidfd exists (only `exit_status` reaps), so the
+        // pid cannot have been reused.
+        let pidfd =
+            pidfd_open(pid).context("pidfd_open on the started command (Linux >= 5.3 needed)")?;
+        Ok(Self { pid, pidfd })
+    }
+
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        kill(self.pid, signal).with_context(|| format!("sending {signal} to process {}", self.pid))
+    }
+
+    /// SIGKILL to the whole process group, so no helper of the server outlives it.
+    pub fn kill_group(&self) -> Result<()> {
+        killpg(self.pid, Signal::SIGKILL)
+            .with_context(|| format!("killing process group {}", self.pid))
+    }
+
+    /// Reaps the child once its pidfd has turned readable; `None` while it still runs.
+    pub fn try_exit_status(&self) -> Result<Option<ExitStatus>> {
+        match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)).context("waitpid on the command")? {
+            WaitStatus::Exited(_, code) => Ok(Some(ExitStatus::Code(code))),
+            WaitStatus::Signaled(_, signal, _) => Ok(Some(ExitStatus::Signal(signal))),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The pidfd: readable once the child has exited.
+impl AsRawFd for Child {
+    fn as_raw_fd(&self) -> RawFd {
+        self.pidfd.as_raw_fd()
+    }
+}
+
+/// How the supervised command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(Signal),
+}
+
+impl ExitStatus {
+    /// The status a shell would report: the exit code, or 128 + the signal number.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            Self::Code(code) => code,
+            Self::Signal(signal) => 128 + signal as i32,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Code(code) => write!(f, "exit code {code}"),
+            Self::Signal(signal) => write!(f, "signal {signal}"),
+        }
+    }
+}
+
+fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open(2) with no flags; the result is checked.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_codes() {
+        assert_eq!(ExitStatus::Code(3).shell_code(), 3);
+        assert_eq!(ExitStatus::Signal(Signal::SIGTERM).shell_code(), 143);
+    }
+}
