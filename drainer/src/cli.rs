@@ -55,8 +55,6 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser as _;
-
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {

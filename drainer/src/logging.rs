@@ -1,5 +1,7 @@
 //! Log output: tracing to stderr, filtered by `DRAINER_LOG` (default `info`); the eBPF programs'
 //! aya-log records arrive through the `log` bridge at debug level.
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::EnvFilter;
 
 pub fn init() {
@@ -7,5 +9,6 @@ pub fn init() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }

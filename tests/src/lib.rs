@@ -1,1 +1,65 @@
-//! Harness for integration tests that run drainer on the real kernel.
+//! Harness for the integration tests: each runs drainer, real servers and real clients on this
+//! machine's kernel, inside a network namespace of its own.
+//!
+//! The tests need root (they load eBPF programs and create namespaces). Without it they fail with
+//! a message saying so; they never skip.
+pub mod netns;
+pub mod process;
+
+use std::{env, path::PathBuf};
+
+/// Fails the test unless it runs as root.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "integration tests load eBPF programs and create network namespaces: run them as root (`sudo ./x test`)"
+    );
+}
+
+/// The drainer binary under test (`./x test` builds it and sets DRAINER_BIN).
+pub fn drainer_bin() -> PathBuf {
+    let path = env::var_os("DRAINER_BIN")
+        .map(PathBuf::from)
+        .expect("DRAINER_BIN is not set: run the integration tests through `./x test`");
+    assert!(
+        path.exists(),
+        "DRAINER_BIN={} does not exist",
+        path.display()
+    );
+    path
+}
+
+/// The virtualenv python with uvicorn, FastAPI and websockets (`./x test` sets it up).
+pub fn python() -> PathBuf {
+    env::var_os("DRAINER_TEST_PYTHON")
+        .map(PathBuf::from)
+        .expect("DRAINER_TEST_PYTHON is not set: run the integration tests through `./x test`")
+}
+
+/// A helper script under tests/python.
+pub fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(name)
+}
+
+/// CLOCK_MONOTONIC in seconds, the clock Python's `time.monotonic` reads.
+pub fn monotonic_now() -> f64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock_gettime");
+    now.tv_sec() as f64 + now.tv_nsec() as f64 / 1e9
+}
+
+/// `drainer run ARGS` inside `netns`.
+pub fn drainer_run(netns: &netns::TestNetns, args: &[&str]) -> process::Process {
+    let mut command = netns.command(drainer_bin());
+    command.arg("run").args(args).env("DRAINER_LOG", "info");
+    process::Process::spawn("drainer", command)
+}
+
+/// The `live=N` field of a drainer log line.
+pub fn live_field(line: &str) -> i64 {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix("live="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no live=N in {line:?}"))
+}

@@ -1,0 +1,99 @@
+//! A throwaway network namespace per test, so tests run in parallel without touching the host's
+//! ports.
+use std::{
+    fs::File,
+    io,
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+};
+
+use nix::sched::{CloneFlags, setns};
+
+pub struct TestNetns {
+    name: String,
+    path: PathBuf,
+}
+
+impl TestNetns {
+    /// Creates `drainer-<pid>-<n>` with loopback up.
+    pub fn create() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "drainer-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        let path = PathBuf::from("/run/netns").join(&name);
+        Self { name, path }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A command that will run inside this namespace (its mounts untouched, unlike
+    /// `ip netns exec`, which remounts /sys and hides the cgroup v2 hierarchy).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let file = File::open(&self.path).expect("open netns");
+        let mut command = Command::new(program);
+        // SAFETY: setns is async-signal-safe; `file` moves into the closure and outlives the fork.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command
+    }
+
+    /// Runs `work` on a thread inside this namespace; sockets it creates stay there.
+    pub fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
+        let file = File::open(&self.path).expect("open netns");
+        thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+                    work()
+                })
+                .join()
+                .expect("thread inside the test namespace panicked")
+        })
+    }
+
+    pub fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        self.run(|| TcpStream::connect(addr))
+    }
+
+    pub fn listen(&self, addr: SocketAddr) -> TcpListener {
+        self.run(|| TcpListener::bind(addr))
+            .expect("bind in the test namespace")
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip")
+        .args(args)
+        .status()
+        .expect("run ip (iproute2)");
+    assert!(status.success(), "ip {} failed", args.join(" "));
+}
