@@ -63,3 +63,26 @@ pub fn live_field(line: &str) -> i64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no live=N in {line:?}"))
 }
+
+/// The echo server (tests/python/echo_server.py) listening on each `host port` pair in `netns`.
+pub fn echo_server(netns: &netns::TestNetns, listen: &[(&str, u16)]) -> process::Process {
+    let mut command = netns.command(python());
+    command.arg(script("echo_server.py"));
+    for (host, port) in listen {
+        command.arg(host).arg(port.to_string());
+    }
+    let server = process::Process::spawn("echo_server", command);
+    server.wait_for("listening", std::time::Duration::from_secs(20));
+    server
+}
+
+/// Writes `payload` and reads the echo back.
+pub fn echo(stream: &mut std::net::TcpStream, payload: &[u8]) -> std::io::Result<()> {
+    use std::io::{Read as _, Write as _};
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    stream.write_all(payload)?;
+    let mut back = vec![0; payload.len()];
+    stream.read_exact(&mut back)?;
+    assert_eq!(back, payload, "echo returned different bytes");
+    Ok(())
+}

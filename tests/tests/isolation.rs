@@ -1,0 +1,124 @@
+//! What drainer must not touch: other ports, other namespaces; and IPv6 like IPv4.
+use std::{io::ErrorKind, net::SocketAddr, time::Duration};
+
+use drainer_integration::{
+    drainer_run, echo, live_field, netns::TestNetns, python, require_root, script,
+};
+use nix::sys::signal::Signal;
+
+fn echo_server_args(listen: &[(&str, u16)]) -> Vec<String> {
+    let mut args = vec![
+        python().display().to_string(),
+        script("echo_server.py").display().to_string(),
+    ];
+    for (host, port) in listen {
+        args.push((*host).to_owned());
+        args.push(port.to_string());
+    }
+    args
+}
+
+fn run_args<'a>(ports: &[&'a str], server: &'a [String]) -> Vec<&'a str> {
+    let mut args = Vec::new();
+    for port in ports {
+        args.extend(["--port", port]);
+    }
+    args.extend(["--drain-timeout", "30s", "--"]);
+    args.extend(server.iter().map(String::as_str));
+    args
+}
+
+#[test]
+fn ipv6_connections_are_counted_refused_and_kept() {
+    require_root();
+    let netns = TestNetns::create();
+    let server = echo_server_args(&[("::1", 8000)]);
+    let mut drainer = drainer_run(&netns, &run_args(&["8000"], &server));
+    drainer.wait_for("listening", Duration::from_secs(20));
+    let addr: SocketAddr = "[::1]:8000".parse().unwrap();
+
+    let mut held: Vec<_> = (0..3).map(|_| netns.connect(addr).unwrap()).collect();
+    drainer.signal(Signal::SIGTERM);
+    let started = drainer.wait_for("draining: refusing new connections", Duration::from_secs(5));
+    assert_eq!(live_field(&started.text), 3);
+
+    let refused = netns
+        .connect(addr)
+        .expect_err("accepted a new IPv6 connection while draining");
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
+    for stream in &mut held {
+        echo(stream, b"v6 still flows").unwrap();
+    }
+    drop(held);
+    drainer.wait_for("drained: no live connections", Duration::from_secs(5));
+    drainer.wait(Duration::from_secs(10));
+}
+
+#[test]
+fn another_port_is_neither_refused_nor_counted() {
+    require_root();
+    let netns = TestNetns::create();
+    let server = echo_server_args(&[("127.0.0.1", 8000), ("127.0.0.1", 8001)]);
+    let mut drainer = drainer_run(&netns, &run_args(&["8000"], &server));
+    drainer.wait_for("listening", Duration::from_secs(20));
+    let guarded: SocketAddr = "127.0.0.1:8000".parse().unwrap();
+    let other: SocketAddr = "127.0.0.1:8001".parse().unwrap();
+
+    let guarded_stream = netns.connect(guarded).unwrap();
+    let mut other_stream = netns.connect(other).unwrap();
+    drainer.signal(Signal::SIGTERM);
+    let started = drainer.wait_for("draining: refusing new connections", Duration::from_secs(5));
+    assert_eq!(
+        live_field(&started.text),
+        1,
+        "only the guarded port's connection counts"
+    );
+
+    let mut fresh = netns
+        .connect(other)
+        .expect("the other port refused a connection");
+    echo(&mut fresh, b"other port").unwrap();
+    echo(&mut other_stream, b"other port").unwrap();
+    // Release depends on the guarded port alone: the other port's connections stay open.
+    drop(guarded_stream);
+    drainer.wait_for("drained: no live connections", Duration::from_secs(5));
+    drainer.wait(Duration::from_secs(10));
+}
+
+#[test]
+fn the_same_port_in_another_namespace_is_neither_refused_nor_counted() {
+    require_root();
+    let guarded_ns = TestNetns::create();
+    let other_ns = TestNetns::create();
+    let server = echo_server_args(&[("127.0.0.1", 8000)]);
+    let mut drainer = drainer_run(&guarded_ns, &run_args(&["8000"], &server));
+    drainer.wait_for("listening", Duration::from_secs(20));
+    let other_server = drainer_integration::echo_server(&other_ns, &[("127.0.0.1", 8000)]);
+    let addr: SocketAddr = "127.0.0.1:8000".parse().unwrap();
+
+    let guarded = guarded_ns.connect(addr).unwrap();
+    let mut others: Vec<_> = (0..3).map(|_| other_ns.connect(addr).unwrap()).collect();
+    drainer.signal(Signal::SIGTERM);
+    let started = drainer.wait_for("draining: refusing new connections", Duration::from_secs(5));
+    assert_eq!(
+        live_field(&started.text),
+        1,
+        "the other namespace's connections were counted"
+    );
+
+    let refused = guarded_ns
+        .connect(addr)
+        .expect_err("the guarded namespace accepted while draining");
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
+    let mut fresh = other_ns
+        .connect(addr)
+        .expect("the other namespace refused a connection");
+    echo(&mut fresh, b"elsewhere").unwrap();
+    for stream in &mut others {
+        echo(stream, b"elsewhere").unwrap();
+    }
+    drop(guarded);
+    drainer.wait_for("drained: no live connections", Duration::from_secs(5));
+    drainer.wait(Duration::from_secs(10));
+    drop(other_server);
+}
