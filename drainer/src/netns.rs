@@ -45,6 +45,15 @@ impl Netns {
         &self.path
     }
 
+    /// `net:[4026531840]` (the namespace's inode, as `ls -l /proc/PID/ns` shows it) and the path
+    /// it was opened by.
+    pub fn describe(&self) -> String {
+        match self.file.metadata() {
+            Ok(meta) => format!("net:[{}] ({})", meta.ino(), self.path.display()),
+            Err(_) => self.path.display().to_string(),
+        }
+    }
+
     /// Runs `work` on a thread that has joined this namespace; on the calling thread when it is
     /// already there, which needs no CAP_SYS_ADMIN.
     pub fn run_inside<T: Send>(&self, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {

@@ -48,6 +48,18 @@ fn missing(feature: &Feature) -> String {
     )
 }
 
+/// The programs' log statements cost a ring-buffer write each; compile out (at load time) the
+/// levels nobody will read. Values are aya-log's: 3 info, 4 debug, 5 trace.
+fn ebpf_log_level() -> u8 {
+    if tracing::enabled!(target: "drainer::refuse", tracing::Level::TRACE) {
+        5
+    } else if tracing::enabled!(target: "drainer::refuse", tracing::Level::DEBUG) {
+        4
+    } else {
+        3
+    }
+}
+
 /// What to guard: ports in one network namespace, tracked through one cgroup v2 hierarchy.
 pub struct Target<'a> {
     pub ports: &'a [u16],
@@ -85,9 +97,11 @@ impl Programs {
             )
         })?;
         let netns_cookie = target.netns.cookie()?;
+        let ebpf_log_level = ebpf_log_level();
         let ebpf = EbpfLoader::new()
             .btf(&btf)
             .override_global("TARGET_NETNS_COOKIE", &netns_cookie, true)
+            .override_global("AYA_LOG_LEVEL", &ebpf_log_level, true)
             .load(EBPF_OBJECT)
             .context("loading drainer's eBPF object into the kernel")?;
         let mut programs = Self {

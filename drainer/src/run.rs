@@ -62,7 +62,7 @@ pub fn run(options: RunOptions) -> Result<i32> {
         live = count.live,
         "guarding port(s) {} in {} (tracking through cgroup {}): {} connections already established",
         port_list(&options.ports),
-        netns.path().display(),
+        netns.describe(),
         cgroup.display(),
         count.live
     );

@@ -59,7 +59,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Build { release } => build(release).map(drop),
         Command::Run { release, args } => {
             let binary = build(release)?;
-            system::run_as_root(&binary, &args)
+            system::exec_as_root(&binary, &args)
         }
         Command::Test => test(),
         Command::Lint => lint(),

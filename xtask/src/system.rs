@@ -1,7 +1,7 @@
 //! The machine: root, Debian packages, running drainer with privileges.
-use std::{ffi::OsString, path::Path, process::Command};
+use std::{ffi::OsString, os::unix::process::CommandExt as _, path::Path, process::Command};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
 use crate::cmd::run;
 
@@ -50,8 +50,10 @@ pub fn install_debian_packages(packages: &[&str]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-/// Runs `binary args` as root: directly when already root, through sudo otherwise.
-pub fn run_as_root(binary: &Path, args: &[OsString]) -> Result<()> {
+/// Replaces xtask with `binary args`, run as root: directly when already root, through sudo
+/// otherwise. Replacing rather than spawning leaves drainer alone in the terminal's process group,
+/// so Ctrl-C reaches it (and starts a drain) without killing a parent in between.
+pub fn exec_as_root(binary: &Path, args: &[OsString]) -> Result<()> {
     let mut command = if is_root() {
         Command::new(binary)
     } else {
@@ -60,6 +62,6 @@ pub fn run_as_root(binary: &Path, args: &[OsString]) -> Result<()> {
         sudo
     };
     command.args(args);
-    let status = command.status()?;
-    std::process::exit(status.code().unwrap_or(1));
+    let err = command.exec();
+    Err(err).with_context(|| format!("cannot run {}", binary.display()))
 }
