@@ -7,7 +7,7 @@ use std::{
     process::{Command, Output},
 };
 
-use drainer_integration::{drainer_bin, require_root};
+use drainer_integration::{drainer_bin, netns::TestNetns, require_root};
 
 fn drainer(args: &[&str]) -> Command {
     let mut command = Command::new(drainer_bin());
@@ -140,13 +140,11 @@ fn a_kernel_without_btf_is_named() {
 #[test]
 fn a_command_that_does_not_exist_is_named() {
     require_root();
-    let (code, stderr) = run(drainer(&[
-        "run",
-        "--port",
-        "8000",
-        "--",
-        "/nonexistent/server",
-    ]));
+    // drainer attaches before it starts the command: keep that inside a test namespace.
+    let netns = TestNetns::create();
+    let mut command = netns.command(drainer_bin());
+    command.args(["run", "--port", "8000", "--", "/nonexistent/server"]);
+    let (code, stderr) = run(command);
     assert_eq!(code, 1, "{stderr}");
     assert!(
         stderr.contains("cannot start /nonexistent/server"),

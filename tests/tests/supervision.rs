@@ -1,0 +1,127 @@
+//! drainer as the server's supervisor: signals, exit statuses, the kill timer, and fail-open.
+use std::{io::ErrorKind, net::SocketAddr, time::Duration};
+
+use drainer_integration::{
+    drainer_run, netns::TestNetns, process::Process, python, require_root, script,
+};
+use nix::sys::signal::{Signal, killpg};
+
+fn signal_server(netns: &TestNetns, drainer_args: &[&str], server_args: &[&str]) -> Process {
+    let python = python().display().to_string();
+    let server = script("signal_server.py").display().to_string();
+    let mut args = vec!["--port", "8000"];
+    args.extend(drainer_args);
+    args.extend(["--", &python, &server, "8000"]);
+    args.extend(server_args);
+    let drainer = drainer_run(netns, &args);
+    drainer.wait_for("listening", Duration::from_secs(20));
+    drainer
+}
+
+fn addr() -> SocketAddr {
+    "127.0.0.1:8000".parse().unwrap()
+}
+
+#[test]
+fn other_signals_are_forwarded_and_the_stop_signal_is_held_back() {
+    require_root();
+    let netns = TestNetns::create();
+    let mut drainer = signal_server(&netns, &[], &[]);
+    let held = netns.connect(addr()).unwrap();
+
+    for (signal, name) in [
+        (Signal::SIGHUP, "got SIGHUP"),
+        (Signal::SIGUSR1, "got SIGUSR1"),
+        (Signal::SIGUSR2, "got SIGUSR2"),
+    ] {
+        drainer.signal(signal);
+        drainer.wait_for(name, Duration::from_secs(5));
+    }
+    drainer.signal(Signal::SIGTERM);
+    drainer.wait_for("draining: refusing new connections", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !drainer.output().contains("got SIGTERM"),
+        "SIGTERM reached the server while a connection was live"
+    );
+    drop(held);
+    drainer.wait_for("got SIGTERM", Duration::from_secs(5));
+    assert_eq!(drainer.wait(Duration::from_secs(10)).code(), Some(0));
+}
+
+#[test]
+fn a_second_stop_signal_releases_at_once() {
+    require_root();
+    let netns = TestNetns::create();
+    let mut drainer = signal_server(&netns, &["--drain-timeout", "300s"], &[]);
+    let _held = netns.connect(addr()).unwrap();
+    drainer.signal(Signal::SIGTERM);
+    drainer.wait_for("draining: refusing new connections", Duration::from_secs(5));
+    drainer.signal(Signal::SIGINT);
+    drainer.wait_for(
+        "second stop signal: releasing now with 1 connections live",
+        Duration::from_secs(5),
+    );
+    // The server hears the signal that started the drain.
+    drainer.wait_for("got SIGTERM", Duration::from_secs(5));
+    assert_eq!(drainer.wait(Duration::from_secs(10)).code(), Some(0));
+}
+
+#[test]
+fn a_server_that_ignores_its_stop_signal_is_killed_after_kill_after() {
+    require_root();
+    let netns = TestNetns::create();
+    let mut drainer = signal_server(&netns, &["--kill-after", "1s"], &["--ignore-term"]);
+    drainer.signal(Signal::SIGTERM);
+    let released = drainer.wait_for("drained: no live connections", Duration::from_secs(5));
+    drainer.wait_for("got SIGTERM", Duration::from_secs(5));
+    let killed = drainer.wait_for("did not exit within --kill-after", Duration::from_secs(5));
+    let waited = killed.at - released.at;
+    assert!(
+        (0.9..3.0).contains(&waited),
+        "killed {waited:.2}s after release, not 1s"
+    );
+    assert_eq!(drainer.wait(Duration::from_secs(10)).code(), Some(128 + 9));
+}
+
+#[test]
+fn a_server_that_exits_on_its_own_passes_its_status_through() {
+    require_root();
+    let netns = TestNetns::create();
+    let mut drainer = signal_server(&netns, &[], &["--exit-after", "0.5", "7"]);
+    drainer.wait_for("the server exited with exit code 7", Duration::from_secs(5));
+    assert_eq!(drainer.wait(Duration::from_secs(5)).code(), Some(7));
+    // Detached: the port is no longer guarded, so nothing refuses a connection there; with no
+    // server left it is simply closed.
+    let err = netns.connect(addr()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
+}
+
+#[test]
+fn when_drainer_is_killed_mid_drain_the_port_accepts_again() {
+    require_root();
+    let netns = TestNetns::create();
+    let mut drainer = signal_server(&netns, &[], &[]);
+    let _held = netns.connect(addr()).unwrap();
+    drainer.signal(Signal::SIGTERM);
+    drainer.wait_for("draining: refusing new connections", Duration::from_secs(5));
+    assert_eq!(
+        netns.connect(addr()).unwrap_err().kind(),
+        ErrorKind::ConnectionRefused
+    );
+
+    let server_group = drainer
+        .wait_for_match(
+            |line| line.contains("started") && line.contains("pid="),
+            Duration::from_secs(1),
+        )
+        .and_then(|line| line.text.split("pid=").nth(1)?.trim().parse::<i32>().ok())
+        .expect("drainer logged no server pid");
+    drainer.signal(Signal::SIGKILL);
+    drainer.wait(Duration::from_secs(5));
+    // Fail-open: the kernel detached drainer's programs with the process.
+    netns
+        .connect(addr())
+        .expect("the port still refused connections after drainer died");
+    killpg(nix::unistd::Pid::from_raw(server_group), Signal::SIGKILL).unwrap();
+}
