@@ -3,6 +3,7 @@
 //!
 //! The tests need root (they load eBPF programs and create namespaces). Without it they fail with
 //! a message saying so; they never skip.
+pub mod fixtures;
 pub mod netns;
 pub mod process;
 

@@ -7,7 +7,7 @@ use std::{
     process::{Command, Output},
 };
 
-use drainer_integration::{drainer_bin, netns::TestNetns, require_root};
+use drainer_integration::{drainer_bin, fixtures, netns::TestNetns, require_root};
 
 fn drainer(args: &[&str]) -> Command {
     let mut command = Command::new(drainer_bin());
@@ -148,6 +148,28 @@ fn a_command_that_does_not_exist_is_named() {
     assert_eq!(code, 1, "{stderr}");
     assert!(
         stderr.contains("cannot start /nonexistent/server"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_kernel_without_the_sk_lookup_program_type_is_named() {
+    require_root();
+    let netns = TestNetns::create();
+    let mut command = netns.command(drainer_bin());
+    command.args(["run", "--port", "8000", "--", "true"]);
+    fixtures::trap_bpf_calls(&mut command);
+    let child = command
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start drainer");
+    let supervisor = fixtures::answer_as_if_missing(child.id(), fixtures::BPF_PROG_TYPE_SK_LOOKUP);
+    let Output { status, stderr, .. } = child.wait_with_output().unwrap();
+    supervisor.join().unwrap();
+    let stderr = String::from_utf8_lossy(&stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("this kernel cannot load sk_lookup programs (Linux >= 5.9 needed)"),
         "{stderr}"
     );
 }
