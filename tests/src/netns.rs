@@ -72,6 +72,20 @@ impl TestNetns {
         })
     }
 
+    /// Joins this namespace and `peer` with a veth pair, 10.200.0.1/24 here and 10.200.0.2/24
+    /// there; returns the peer's address.
+    pub fn link_to(&self, peer: &TestNetns) -> std::net::IpAddr {
+        ip(&[
+            "-n", &self.name, "link", "add", "veth0", "type", "veth", "peer", "name", "veth0",
+            "netns", &peer.name,
+        ]);
+        for (ns, addr) in [(&self.name, "10.200.0.1/24"), (&peer.name, "10.200.0.2/24")] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", "veth0"]);
+            ip(&["-n", ns, "link", "set", "veth0", "up"]);
+        }
+        [10, 200, 0, 2].into()
+    }
+
     pub fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
         self.run(|| TcpStream::connect(addr))
     }

@@ -122,3 +122,37 @@ fn the_same_port_in_another_namespace_is_neither_refused_nor_counted() {
     drainer.wait(Duration::from_secs(10));
     drop(other_server);
 }
+
+#[test]
+fn the_servers_own_outbound_connections_to_the_port_are_neither_counted_nor_refused() {
+    require_root();
+    let guarded_ns = TestNetns::create();
+    let remote_ns = TestNetns::create();
+    let remote = SocketAddr::new(guarded_ns.link_to(&remote_ns), 8000);
+    let _remote_server = drainer_integration::echo_server(&remote_ns, &[("0.0.0.0", 8000)]);
+    let server = echo_server_args(&[("127.0.0.1", 8000)]);
+    let mut drainer = drainer_run(&guarded_ns, &run_args(&["8000"], &server));
+    drainer.wait_for("listening", Duration::from_secs(20));
+
+    // Outbound from the guarded namespace to another host's port 8000.
+    let mut outbound = guarded_ns.connect(remote).unwrap();
+    let inbound = guarded_ns
+        .connect("127.0.0.1:8000".parse().unwrap())
+        .unwrap();
+    drainer.signal(Signal::SIGTERM);
+    let started = drainer.wait_for("draining: refusing new connections", Duration::from_secs(5));
+    assert_eq!(
+        live_field(&started.text),
+        1,
+        "an outbound connection was counted"
+    );
+
+    let mut fresh = guarded_ns
+        .connect(remote)
+        .expect("an outbound connection was refused while draining");
+    echo(&mut fresh, b"outbound").unwrap();
+    echo(&mut outbound, b"outbound").unwrap();
+    drop(inbound);
+    drainer.wait_for("drained: no live connections", Duration::from_secs(5));
+    drainer.wait(Duration::from_secs(10));
+}
