@@ -38,6 +38,8 @@ impl Child {
         let child = Command::new(program)
             .args(args)
             .process_group(0)
+            // systemd talks to drainer; the server must not report readiness in its place.
+            .env_remove("NOTIFY_SOCKET")
             .spawn()
             .with_context(|| format!("cannot start {}", program.to_string_lossy()))?;
         let pid = Pid::from_raw(child.id() as i32);

@@ -19,10 +19,21 @@ pub struct Count {
 pub enum ReleaseReason {
     /// The live count reached zero.
     Drained,
-    /// `--drain-timeout` passed with connections still live.
+    /// The drain deadline passed with connections still live.
     DeadlinePassed,
     /// A second stop signal arrived while draining.
     SecondSignal,
+    /// Somebody asked for release before the count reached zero (`drainer release`).
+    Forced,
+}
+
+/// What started the drain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// SIGTERM or SIGINT to drainer.
+    Signal(Signal),
+    /// A drain request (control socket or HTTP).
+    Request,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,12 +42,13 @@ pub enum Phase {
     Draining {
         started: Instant,
         deadline: Instant,
-        stop_signal: Signal,
+        trigger: Trigger,
     },
     Released {
+        started: Instant,
         at: Instant,
         reason: ReleaseReason,
-        stop_signal: Signal,
+        trigger: Trigger,
     },
 }
 
@@ -45,10 +57,10 @@ pub enum Phase {
 pub enum Step {
     /// Refuse new connections from now on.
     StartRefusing,
-    /// Let the server shut down: send it `signal`.
+    /// Let the server shut down.
     Release {
-        signal: Signal,
         reason: ReleaseReason,
+        trigger: Trigger,
     },
     /// Pass a signal through to the server unchanged.
     Forward(Signal),
@@ -60,12 +72,13 @@ pub enum Step {
 pub struct Drain {
     phase: Phase,
     drain_timeout: Duration,
-    kill_after: Duration,
+    /// `None` when drainer does not own the server's process (daemon mode).
+    kill_after: Option<Duration>,
     killed: bool,
 }
 
 impl Drain {
-    pub fn new(drain_timeout: Duration, kill_after: Duration) -> Self {
+    pub fn new(drain_timeout: Duration, kill_after: Option<Duration>) -> Self {
         Self {
             phase: Phase::Serving,
             drain_timeout,
@@ -82,26 +95,40 @@ impl Drain {
     /// and passes it to [`Drain::on_count`]: read any earlier, a close in between would be missed.
     pub fn on_stop_signal(&mut self, signal: Signal, now: Instant) -> Step {
         match self.phase {
-            Phase::Serving => {
-                self.phase = Phase::Draining {
-                    started: now,
-                    deadline: now + self.drain_timeout,
-                    stop_signal: signal,
-                };
-                Step::StartRefusing
-            }
-            Phase::Draining { stop_signal, .. } => {
-                self.release(ReleaseReason::SecondSignal, stop_signal, now)
-            }
+            Phase::Serving => self.start(Trigger::Signal(signal), self.drain_timeout, now),
+            Phase::Draining { .. } => self.release(ReleaseReason::SecondSignal, now),
             Phase::Released { .. } => Step::Forward(signal),
+        }
+    }
+
+    /// A drain request, with its own deadline or the configured one. Joins a drain under way
+    /// (keeping its deadline); changes nothing once released.
+    pub fn on_drain_request(&mut self, timeout: Option<Duration>, now: Instant) -> Option<Step> {
+        match self.phase {
+            Phase::Serving => {
+                Some(self.start(Trigger::Request, timeout.unwrap_or(self.drain_timeout), now))
+            }
+            Phase::Draining { .. } | Phase::Released { .. } => None,
+        }
+    }
+
+    /// Release now, whatever the count (`drainer release`); starts the drain first if needed.
+    pub fn on_force_release(&mut self, now: Instant) -> Vec<Step> {
+        match self.phase {
+            Phase::Serving => {
+                let start = self.start(Trigger::Request, self.drain_timeout, now);
+                vec![start, self.release(ReleaseReason::Forced, now)]
+            }
+            Phase::Draining { .. } => vec![self.release(ReleaseReason::Forced, now)],
+            Phase::Released { .. } => Vec::new(),
         }
     }
 
     /// The live count changed (or was re-read).
     pub fn on_count(&mut self, count: Count, now: Instant) -> Option<Step> {
         match self.phase {
-            Phase::Draining { stop_signal, .. } if count.exact && count.live <= 0 => {
-                Some(self.release(ReleaseReason::Drained, stop_signal, now))
+            Phase::Draining { .. } if count.exact && count.live <= 0 => {
+                Some(self.release(ReleaseReason::Drained, now))
             }
             _ => None,
         }
@@ -109,25 +136,22 @@ impl Drain {
 
     /// When [`Drain::on_timer`] must next be called, if ever.
     pub fn next_timer(&self) -> Option<Instant> {
-        match self.phase {
-            Phase::Serving => None,
-            Phase::Draining { deadline, .. } => Some(deadline),
-            Phase::Released { .. } if self.killed => None,
-            Phase::Released { at, .. } => Some(at + self.kill_after),
+        match (self.phase, self.kill_after) {
+            (Phase::Draining { deadline, .. }, _) => Some(deadline),
+            (Phase::Released { at, .. }, Some(kill_after)) if !self.killed => Some(at + kill_after),
+            _ => None,
         }
     }
 
     /// The time [`Drain::next_timer`] named has come (or passed).
     pub fn on_timer(&mut self, now: Instant) -> Option<Step> {
-        match self.phase {
-            Phase::Draining {
-                deadline,
-                stop_signal,
-                ..
-            } if now >= deadline => {
-                Some(self.release(ReleaseReason::DeadlinePassed, stop_signal, now))
+        match (self.phase, self.kill_after) {
+            (Phase::Draining { deadline, .. }, _) if now >= deadline => {
+                Some(self.release(ReleaseReason::DeadlinePassed, now))
             }
-            Phase::Released { at, .. } if !self.killed && now >= at + self.kill_after => {
+            (Phase::Released { at, .. }, Some(kill_after))
+                if !self.killed && now >= at + kill_after =>
+            {
                 self.killed = true;
                 Some(Step::Kill)
             }
@@ -135,13 +159,32 @@ impl Drain {
         }
     }
 
-    fn release(&mut self, reason: ReleaseReason, signal: Signal, now: Instant) -> Step {
+    fn start(&mut self, trigger: Trigger, timeout: Duration, now: Instant) -> Step {
+        self.phase = Phase::Draining {
+            started: now,
+            deadline: now + timeout,
+            trigger,
+        };
+        Step::StartRefusing
+    }
+
+    fn release(&mut self, reason: ReleaseReason, now: Instant) -> Step {
+        let (started, trigger) = match self.phase {
+            Phase::Draining {
+                started, trigger, ..
+            }
+            | Phase::Released {
+                started, trigger, ..
+            } => (started, trigger),
+            Phase::Serving => (now, Trigger::Request),
+        };
         self.phase = Phase::Released {
+            started,
             at: now,
             reason,
-            stop_signal: signal,
+            trigger,
         };
-        Step::Release { signal, reason }
+        Step::Release { reason, trigger }
     }
 }
 
@@ -151,13 +194,18 @@ mod tests {
 
     const TIMEOUT: Duration = Duration::from_secs(300);
     const KILL_AFTER: Duration = Duration::from_secs(30);
+    const TERM: Trigger = Trigger::Signal(Signal::SIGTERM);
 
     fn exact(live: i64) -> Count {
         Count { live, exact: true }
     }
 
+    fn supervising() -> Drain {
+        Drain::new(TIMEOUT, Some(KILL_AFTER))
+    }
+
     fn draining(t0: Instant, live: i64) -> Drain {
-        let mut drain = Drain::new(TIMEOUT, KILL_AFTER);
+        let mut drain = supervising();
         assert_eq!(
             drain.on_stop_signal(Signal::SIGTERM, t0),
             Step::StartRefusing
@@ -166,9 +214,13 @@ mod tests {
         drain
     }
 
+    fn released(reason: ReleaseReason, trigger: Trigger) -> Option<Step> {
+        Some(Step::Release { reason, trigger })
+    }
+
     #[test]
     fn serving_ignores_counts_and_has_no_timer() {
-        let mut drain = Drain::new(TIMEOUT, KILL_AFTER);
+        let mut drain = supervising();
         assert_eq!(drain.on_count(exact(0), Instant::now()), None);
         assert_eq!(drain.next_timer(), None);
         assert_eq!(drain.phase(), Phase::Serving);
@@ -176,7 +228,7 @@ mod tests {
 
     #[test]
     fn stop_signal_with_nothing_live_releases_at_once() {
-        let mut drain = Drain::new(TIMEOUT, KILL_AFTER);
+        let mut drain = supervising();
         let now = Instant::now();
         assert_eq!(
             drain.on_stop_signal(Signal::SIGTERM, now),
@@ -184,27 +236,21 @@ mod tests {
         );
         assert_eq!(
             drain.on_count(exact(0), now),
-            Some(Step::Release {
-                signal: Signal::SIGTERM,
-                reason: ReleaseReason::Drained
-            })
+            released(ReleaseReason::Drained, TERM)
         );
     }
 
     #[test]
-    fn releases_when_the_count_reaches_zero_with_the_signal_that_started_the_drain() {
+    fn releases_when_the_count_reaches_zero_naming_the_signal_that_started_the_drain() {
         let t0 = Instant::now();
-        let mut drain = Drain::new(TIMEOUT, KILL_AFTER);
+        let mut drain = supervising();
         drain.on_stop_signal(Signal::SIGINT, t0);
-        assert_eq!(drain.on_count(exact(3), t0), None);
-        assert_eq!(drain.on_count(exact(2), t0), None);
-        assert_eq!(drain.on_count(exact(1), t0), None);
+        for live in [3, 2, 1] {
+            assert_eq!(drain.on_count(exact(live), t0), None);
+        }
         assert_eq!(
             drain.on_count(exact(0), t0 + Duration::from_secs(1)),
-            Some(Step::Release {
-                signal: Signal::SIGINT,
-                reason: ReleaseReason::Drained
-            })
+            released(ReleaseReason::Drained, Trigger::Signal(Signal::SIGINT))
         );
         assert_eq!(drain.on_count(exact(0), t0), None, "released once");
     }
@@ -220,10 +266,7 @@ mod tests {
         );
         assert_eq!(
             drain.on_timer(t0 + TIMEOUT),
-            Some(Step::Release {
-                signal: Signal::SIGTERM,
-                reason: ReleaseReason::DeadlinePassed
-            })
+            released(ReleaseReason::DeadlinePassed, TERM)
         );
     }
 
@@ -232,11 +275,8 @@ mod tests {
         let t0 = Instant::now();
         let mut drain = draining(t0, 5);
         assert_eq!(
-            drain.on_stop_signal(Signal::SIGINT, t0),
-            Step::Release {
-                signal: Signal::SIGTERM,
-                reason: ReleaseReason::SecondSignal
-            }
+            Some(drain.on_stop_signal(Signal::SIGINT, t0)),
+            released(ReleaseReason::SecondSignal, TERM)
         );
         assert_eq!(
             drain.on_stop_signal(Signal::SIGINT, t0),
@@ -265,15 +305,65 @@ mod tests {
     fn kill_follows_release_after_kill_after_once() {
         let t0 = Instant::now();
         let mut drain = draining(t0, 1);
-        let released = t0 + Duration::from_secs(2);
-        drain.on_count(exact(0), released);
-        assert_eq!(drain.next_timer(), Some(released + KILL_AFTER));
+        let at = t0 + Duration::from_secs(2);
+        drain.on_count(exact(0), at);
+        assert_eq!(drain.next_timer(), Some(at + KILL_AFTER));
         assert_eq!(
-            drain.on_timer(released + KILL_AFTER - Duration::from_millis(1)),
+            drain.on_timer(at + KILL_AFTER - Duration::from_millis(1)),
             None
         );
-        assert_eq!(drain.on_timer(released + KILL_AFTER), Some(Step::Kill));
+        assert_eq!(drain.on_timer(at + KILL_AFTER), Some(Step::Kill));
         assert_eq!(drain.next_timer(), None);
-        assert_eq!(drain.on_timer(released + KILL_AFTER * 2), None);
+        assert_eq!(drain.on_timer(at + KILL_AFTER * 2), None);
+    }
+
+    #[test]
+    fn a_request_starts_a_drain_with_its_own_deadline_and_a_second_request_joins_it() {
+        let t0 = Instant::now();
+        let mut drain = Drain::new(TIMEOUT, None);
+        let five = Duration::from_secs(5);
+        assert_eq!(
+            drain.on_drain_request(Some(five), t0),
+            Some(Step::StartRefusing)
+        );
+        assert_eq!(drain.next_timer(), Some(t0 + five));
+        assert_eq!(
+            drain.on_drain_request(Some(Duration::from_secs(1)), t0),
+            None
+        );
+        assert_eq!(
+            drain.next_timer(),
+            Some(t0 + five),
+            "the first deadline stands"
+        );
+        assert_eq!(
+            drain.on_count(exact(0), t0),
+            released(ReleaseReason::Drained, Trigger::Request)
+        );
+        assert_eq!(drain.next_timer(), None, "no kill timer without a child");
+    }
+
+    #[test]
+    fn force_release_while_serving_starts_and_releases() {
+        let t0 = Instant::now();
+        let mut drain = Drain::new(TIMEOUT, None);
+        assert_eq!(
+            drain.on_force_release(t0),
+            vec![
+                Step::StartRefusing,
+                Step::Release {
+                    reason: ReleaseReason::Forced,
+                    trigger: Trigger::Request
+                }
+            ]
+        );
+        assert!(drain.on_force_release(t0).is_empty());
+        assert!(matches!(
+            drain.phase(),
+            Phase::Released {
+                reason: ReleaseReason::Forced,
+                ..
+            }
+        ));
     }
 }

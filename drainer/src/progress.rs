@@ -116,6 +116,10 @@ impl Progress {
         }
     }
 
+    pub fn diag(&self) -> &SockDiag {
+        &self.diag
+    }
+
     fn oldest(&self, programs: &Programs, limit: usize) -> anyhow::Result<Vec<LiveConnection>> {
         connections::oldest(programs, &self.diag, limit)
     }

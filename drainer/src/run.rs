@@ -3,27 +3,25 @@
 //!
 //! Everything after start-up happens in one tokio-uring event loop, woken only by signals, the
 //! kernel's count-change events, the child's exit and the drain's own deadlines: no polling.
-use std::{ffi::OsString, os::fd::AsRawFd, path::PathBuf, time::Duration};
+use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result};
 use nix::sys::signal::Signal;
 use tokio::{
-    io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
     sync::mpsc,
     time::{Instant, sleep_until},
 };
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::{
     capabilities::{self, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON},
-    cgroup,
     child::{Child, ExitStatus},
-    drain::{Count, Drain, ReleaseReason, Step},
+    drain::{Drain, Trigger},
+    guard::{Action, Guard},
+    loop_io::{drain_ring, watch},
     netns::Netns,
-    programs::{PortCount, Programs, Target},
-    progress::Progress,
-    sock_diag::SockDiag,
+    startup,
 };
 
 pub struct RunOptions {
@@ -47,36 +45,21 @@ const FORWARDED: [Signal; 5] = [
 pub fn run(options: RunOptions) -> Result<i32> {
     capabilities::require(&[CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON])?;
     let netns = Netns::current()?;
-    let cgroup = match &options.cgroup {
-        Some(path) => path.clone(),
-        None => cgroup::cgroup2_root()?,
-    };
-    let programs = Programs::attach(&Target {
-        ports: &options.ports,
-        netns: &netns,
-        cgroup: &cgroup,
-    })?;
-    let diag = SockDiag::open()?;
-    let count = total(&programs.counts()?);
-    info!(
-        live = count.live,
-        "guarding port(s) {} in {} (tracking through cgroup {}): {} connections already established",
-        port_list(&options.ports),
-        netns.describe(),
-        cgroup.display(),
-        count.live
-    );
-    tokio_uring::start(supervise(programs, diag, options))
+    let attached = startup::attach(&options.ports, &netns, options.cgroup.as_deref())?;
+    let drain = Drain::new(options.drain_timeout, Some(options.kill_after));
+    let guard = Guard::new(attached.programs, attached.diag, drain, options.kill_after);
+    tokio_uring::start(supervise(guard, options))
 }
 
-async fn supervise(mut programs: Programs, diag: SockDiag, options: RunOptions) -> Result<i32> {
+async fn supervise(mut guard: Guard, options: RunOptions) -> Result<i32> {
     // Listen before the child exists, so no signal sent from then on is lost.
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut forwarded = forward_signals()?;
-    let mut events = watch(programs.take_events()?).context("watching the event ring buffer")?;
+    let mut events =
+        watch(guard.programs_mut().take_events()?).context("watching the event ring buffer")?;
     let mut ebpf_logs =
-        watch(programs.take_logger()?).context("watching the eBPF log ring buffer")?;
+        watch(guard.programs_mut().take_logger()?).context("watching the eBPF logs")?;
 
     let child = watch(Child::spawn(&options.command)?).context("watching the command's pidfd")?;
     info!(
@@ -84,108 +67,64 @@ async fn supervise(mut programs: Programs, diag: SockDiag, options: RunOptions) 
         "started {}",
         command_line(&options.command)
     );
+    guard
+        .systemd()
+        .ready(&format!("serving: {} live", guard.count()?.live));
 
-    let mut drain = Drain::new(options.drain_timeout, options.kill_after);
-    let mut progress = Progress::new(diag);
     loop {
-        let timer = drain.next_timer().map(Instant::from_std);
-        let line_due = progress.next_line_at().map(Instant::from_std);
-        let mut step = None;
-        tokio::select! {
-            _ = terminate.recv() => step = Some(drain.on_stop_signal(Signal::SIGTERM, now())),
-            _ = interrupt.recv() => step = Some(drain.on_stop_signal(Signal::SIGINT, now())),
-            Some(sig) = forwarded.recv() => step = Some(Step::Forward(sig)),
-            guard = events.readable_mut() => {
-                let mut guard = guard?;
-                while guard.get_inner_mut().next().is_some() {}
-                guard.clear_ready();
-                let count = total(&programs.counts()?);
-                step = drain.on_count(count, now());
-                progress.count_changed(&programs, count, now());
+        let wakeup = guard.next_wakeup().map(Instant::from_std);
+        let actions = tokio::select! {
+            _ = terminate.recv() => guard.stop_signal(Signal::SIGTERM)?,
+            _ = interrupt.recv() => guard.stop_signal(Signal::SIGINT)?,
+            Some(sig) = forwarded.recv() => vec![Action::Forward(sig)],
+            ready = events.readable_mut() => {
+                drain_ring(ready?);
+                guard.counts_changed()?
             }
-            guard = ebpf_logs.readable_mut() => {
-                let mut guard = guard?;
-                guard.get_inner_mut().flush();
-                guard.clear_ready();
+            ready = ebpf_logs.readable_mut() => {
+                let mut ready = ready?;
+                ready.get_inner_mut().flush();
+                ready.clear_ready();
+                Vec::new()
             }
-            guard = child.readable() => {
-                let mut guard = guard?;
+            ready = child.readable() => {
+                let mut ready = ready?;
                 if let Some(status) = child.get_ref().try_exit_status()? {
                     return Ok(exited(status));
                 }
-                guard.clear_ready();
+                ready.clear_ready();
+                Vec::new()
             }
-            () = sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => {
-                step = drain.on_timer(now());
-            }
-            () = sleep_until(line_due.unwrap_or_else(Instant::now)), if line_due.is_some() => {
-                let count = total(&programs.counts()?);
-                progress.log_pending(&programs, count, now());
-            }
-        }
-        if let Some(step) = step {
-            carry_out(
-                step,
-                &mut programs,
-                &mut drain,
-                &mut progress,
-                child.get_ref(),
-            )?;
+            () = sleep_until(wakeup.unwrap_or_else(Instant::now)), if wakeup.is_some() => guard.timer()?,
+        };
+        for action in actions {
+            carry_out(action, &guard, child.get_ref())?;
         }
     }
 }
 
-fn carry_out(
-    step: Step,
-    programs: &mut Programs,
-    drain: &mut Drain,
-    progress: &mut Progress,
-    child: &Child,
-) -> Result<()> {
-    match step {
-        Step::StartRefusing => {
-            programs.start_refusing()?;
-            let counts = programs.counts()?;
-            let count = total(&counts);
-            progress.drain_started(programs, &counts, count, now());
-            if let Some(next) = drain.on_count(count, now()) {
-                carry_out(next, programs, drain, progress, child)?;
-            }
+fn carry_out(action: Action, guard: &Guard, child: &Child) -> Result<()> {
+    match action {
+        Action::Release { trigger, .. } => {
+            let signal = match trigger {
+                Trigger::Signal(signal) => signal,
+                Trigger::Request => Signal::SIGTERM,
+            };
+            info!("sending {signal} to the server");
+            guard
+                .systemd()
+                .stopping(&format!("released: sent {signal} to the server"));
+            child.signal(signal)
         }
-        Step::Release { signal, reason } => {
-            let count = total(&programs.counts()?);
-            match reason {
-                ReleaseReason::Drained => {
-                    info!("drained: no live connections; sending {signal} to the server")
-                }
-                ReleaseReason::SecondSignal => warn!(
-                    live = count.live,
-                    "second stop signal: releasing now with {} connections live; sending {signal} to the server",
-                    count.live
-                ),
-                ReleaseReason::DeadlinePassed => {
-                    progress.report_stragglers(programs, count);
-                    warn!("sending {signal} to the server");
-                }
-            }
-            child.signal(signal)?;
-        }
-        Step::Forward(signal) => {
+        Action::Forward(signal) => {
             info!("forwarding {signal} to the server");
-            child.signal(signal)?;
+            child.signal(signal)
         }
-        Step::Kill => {
+        Action::Kill => {
             error!("the server did not exit within --kill-after; killing its process group");
-            child.kill_group()?;
+            child.kill_group()
         }
     }
-    Ok(())
-}
-
-/// Registers a descriptor-owning value with the event loop, for readability.
-fn watch<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
-    // SAFETY: `inner` owns its descriptor, and AsyncFd owns `inner` until it deregisters it.
-    unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }.map_err(Into::into)
 }
 
 /// One channel for all the signals passed through, so the loop waits on a single receiver.
@@ -204,26 +143,6 @@ fn forward_signals() -> Result<mpsc::UnboundedReceiver<Signal>> {
 fn exited(status: ExitStatus) -> i32 {
     info!("the server exited with {status}; detaching");
     status.shell_code()
-}
-
-/// The sum over ports.
-fn total(counts: &[PortCount]) -> Count {
-    Count {
-        live: counts.iter().map(|c| c.counters.live).sum(),
-        exact: counts.iter().all(|c| c.counters.untracked == 0),
-    }
-}
-
-fn now() -> std::time::Instant {
-    std::time::Instant::now()
-}
-
-fn port_list(ports: &[u16]) -> String {
-    ports
-        .iter()
-        .map(u16::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn command_line(argv: &[OsString]) -> String {

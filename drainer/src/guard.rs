@@ -1,0 +1,276 @@
+//! The drain engine shared by `drainer run` and `drainer daemon`: the kernel side, the drain
+//! policy and the reports (log, systemd, status), driven by the inputs the event loop receives.
+//!
+//! What releasing means differs by mode — signalling a child, or a configured target — so the
+//! engine hands [`Action`]s back to the mode instead of acting on them.
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use nix::sys::signal::Signal;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::{
+    connections,
+    drain::{Count, Drain, Phase, ReleaseReason, Step, Trigger},
+    programs::{PortCount, Programs},
+    progress::Progress,
+    sock_diag::SockDiag,
+    status::{OldConnection, Outcome, PortStatus, State, Status},
+    systemd::Systemd,
+};
+
+/// How many of the oldest connections `status` lists.
+const STATUS_OLDEST: usize = 10;
+/// Slack added to systemd's stop timeout on top of what drainer itself will wait.
+const SYSTEMD_MARGIN: Duration = Duration::from_secs(15);
+
+/// What the mode must do for the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Release {
+        reason: ReleaseReason,
+        trigger: Trigger,
+    },
+    Forward(Signal),
+    Kill,
+}
+
+pub struct Guard {
+    programs: Programs,
+    drain: Drain,
+    progress: Progress,
+    systemd: Systemd,
+    live_at_start: Option<i64>,
+    deadline_hits: u64,
+    /// Time drainer will still need after release (the child's `--kill-after`), for systemd.
+    after_release: Duration,
+    /// Bumped on every change of state or count; waiters watch it.
+    changes: watch::Sender<u64>,
+}
+
+impl Guard {
+    pub fn new(programs: Programs, diag: SockDiag, drain: Drain, after_release: Duration) -> Self {
+        Self {
+            programs,
+            drain,
+            progress: Progress::new(diag),
+            systemd: Systemd::from_env(),
+            live_at_start: None,
+            deadline_hits: 0,
+            after_release,
+            changes: watch::Sender::new(0),
+        }
+    }
+
+    pub fn programs_mut(&mut self) -> &mut Programs {
+        &mut self.programs
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.drain.phase()
+    }
+
+    pub fn systemd(&self) -> &Systemd {
+        &self.systemd
+    }
+
+    /// Wakes on every change of state or count.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    pub fn count(&self) -> Result<Count> {
+        Ok(total(&self.programs.counts()?))
+    }
+
+    pub fn stop_signal(&mut self, signal: Signal) -> Result<Vec<Action>> {
+        let step = self.drain.on_stop_signal(signal, Instant::now());
+        self.carry_out([step])
+    }
+
+    pub fn drain_request(&mut self, timeout: Option<Duration>) -> Result<Vec<Action>> {
+        let step = self.drain.on_drain_request(timeout, Instant::now());
+        self.carry_out(step)
+    }
+
+    pub fn force_release(&mut self) -> Result<Vec<Action>> {
+        let steps = self.drain.on_force_release(Instant::now());
+        self.carry_out(steps)
+    }
+
+    /// The kernel announced count changes (already consumed from the ring buffer).
+    pub fn counts_changed(&mut self) -> Result<Vec<Action>> {
+        let count = self.count()?;
+        let now = Instant::now();
+        let step = self.drain.on_count(count, now);
+        self.progress.count_changed(&self.programs, count, now);
+        self.systemd.status(&format!(
+            "{}: {} live",
+            State::from(self.phase()).as_str(),
+            count.live
+        ));
+        self.changes.send_modify(|n| *n += 1);
+        self.carry_out(step)
+    }
+
+    /// When [`Guard::timer`] must next run.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        [self.drain.next_timer(), self.progress.next_line_at()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    pub fn timer(&mut self) -> Result<Vec<Action>> {
+        let now = Instant::now();
+        if self.progress.next_line_at().is_some_and(|at| at <= now) {
+            let count = self.count()?;
+            self.progress.log_pending(&self.programs, count, now);
+        }
+        let step = self.drain.on_timer(now);
+        self.carry_out(step)
+    }
+
+    fn carry_out(&mut self, steps: impl IntoIterator<Item = Step>) -> Result<Vec<Action>> {
+        let mut actions = Vec::new();
+        for step in steps {
+            match step {
+                Step::StartRefusing => {
+                    // Flip first, read after: a close in between then either shows in the count
+                    // or arrives as an event.
+                    self.programs.start_refusing()?;
+                    let counts = self.programs.counts()?;
+                    let count = total(&counts);
+                    let now = Instant::now();
+                    self.live_at_start = Some(count.live);
+                    self.progress
+                        .drain_started(&self.programs, &counts, count, now);
+                    if let Phase::Draining { deadline, .. } = self.phase() {
+                        let left = deadline.saturating_duration_since(now);
+                        self.systemd
+                            .extend_timeout(left + self.after_release + SYSTEMD_MARGIN);
+                    }
+                    self.systemd
+                        .status(&format!("draining: {} live", count.live));
+                    let next = self.drain.on_count(count, now);
+                    actions.extend(self.carry_out(next)?);
+                }
+                Step::Release { reason, trigger } => {
+                    self.report_release(reason)?;
+                    actions.push(Action::Release { reason, trigger });
+                }
+                Step::Forward(signal) => actions.push(Action::Forward(signal)),
+                Step::Kill => actions.push(Action::Kill),
+            }
+        }
+        self.changes.send_modify(|n| *n += 1);
+        Ok(actions)
+    }
+
+    fn report_release(&mut self, reason: ReleaseReason) -> Result<()> {
+        let count = self.count()?;
+        match reason {
+            ReleaseReason::Drained => info!("drained: no live connections; releasing the server"),
+            ReleaseReason::SecondSignal => warn!(
+                live = count.live,
+                "second stop signal: releasing now with {} connections live", count.live
+            ),
+            ReleaseReason::Forced => {
+                warn!(
+                    live = count.live,
+                    "release requested with {} connections live", count.live
+                )
+            }
+            ReleaseReason::DeadlinePassed => {
+                self.deadline_hits += 1;
+                self.progress.report_stragglers(&self.programs, count);
+            }
+        }
+        self.systemd
+            .extend_timeout(self.after_release + SYSTEMD_MARGIN);
+        Ok(())
+    }
+
+    /// The state now; with the oldest live connections when `with_oldest`.
+    pub fn status(&self, with_oldest: bool) -> Result<Status> {
+        let counts = self.programs.counts()?;
+        let count = total(&counts);
+        let now = Instant::now();
+        let (elapsed, left, outcome) = match self.phase() {
+            Phase::Serving => (None, None, None),
+            Phase::Draining {
+                started, deadline, ..
+            } => (
+                Some(now - started),
+                Some(deadline.saturating_duration_since(now)),
+                None,
+            ),
+            Phase::Released {
+                started,
+                at,
+                reason,
+                ..
+            } => (Some(at - started), None, Some(outcome(reason))),
+        };
+        let oldest = if with_oldest {
+            connections::oldest(&self.programs, self.progress.diag(), STATUS_OLDEST)?
+                .into_iter()
+                .map(|c| OldConnection {
+                    port: c.port,
+                    peer: c.peer.map(|p| p.to_string()),
+                    age_seconds: c.age.map(|a| a.as_secs_f64()),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Status {
+            state: self.phase().into(),
+            live: count.live,
+            count_exact: count.exact,
+            live_at_drain_start: self.live_at_start,
+            refused: counts.iter().map(|c| c.counters.refused).sum(),
+            drain_elapsed_seconds: elapsed.map(|d| d.as_secs_f64()),
+            deadline_left_seconds: left.map(|d| d.as_secs_f64()),
+            outcome,
+            deadline_hits: self.deadline_hits,
+            ports: counts
+                .iter()
+                .map(|c| PortStatus {
+                    port: c.port,
+                    live: c.counters.live,
+                    refused: c.counters.refused,
+                    untracked: c.counters.untracked,
+                })
+                .collect(),
+            oldest,
+        })
+    }
+}
+
+impl From<Phase> for State {
+    fn from(phase: Phase) -> Self {
+        match phase {
+            Phase::Serving => Self::Serving,
+            Phase::Draining { .. } => Self::Draining,
+            Phase::Released { .. } => Self::Released,
+        }
+    }
+}
+
+pub fn outcome(reason: ReleaseReason) -> Outcome {
+    match reason {
+        ReleaseReason::Drained => Outcome::Drained,
+        ReleaseReason::DeadlinePassed => Outcome::DeadlinePassed,
+        ReleaseReason::SecondSignal | ReleaseReason::Forced => Outcome::ReleasedEarly,
+    }
+}
+
+/// The sum over ports.
+pub fn total(counts: &[PortCount]) -> Count {
+    Count {
+        live: counts.iter().map(|c| c.counters.live).sum(),
+        exact: counts.iter().all(|c| c.counters.untracked == 0),
+    }
+}
