@@ -1,7 +1,11 @@
 //! The command line.
-use std::{ffi::OsString, path::PathBuf, time::Duration};
+use std::{ffi::OsString, net::SocketAddr, path::PathBuf, str::FromStr as _, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
+use nix::sys::signal::Signal;
+
+/// Where `drainer daemon` listens and the clients connect, unless told otherwise.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/drainer/drainer.sock";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,6 +23,15 @@ pub enum Command {
     /// Run a server under drainer: on SIGTERM/SIGINT refuse new connections, wait for the live
     /// ones to close (or the deadline), then pass the signal on.
     Run(RunArgs),
+    /// Guard ports for a server drainer does not start (a sidecar, a systemd companion); drain on
+    /// SIGTERM/SIGINT or on request.
+    Daemon(DaemonArgs),
+    /// Ask the daemon to start draining (exit 0 drained, 3 deadline passed, 4 released early).
+    Drain(DrainArgs),
+    /// Show the daemon's state, live count and oldest connections.
+    Status(StatusArgs),
+    /// Release now, whatever the live count.
+    Release(SocketArg),
 }
 
 #[derive(Debug, Args)]
@@ -47,6 +60,109 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("release_target").multiple(false))]
+pub struct DaemonArgs {
+    /// A TCP port to guard (repeat for several).
+    #[arg(long = "port", short = 'p', required = true, value_name = "PORT",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+
+    /// The network namespace to guard: /proc/PID/ns/net or /run/netns/NAME; default: drainer's own.
+    #[arg(long, value_name = "PATH")]
+    pub netns: Option<PathBuf>,
+
+    /// The cgroup v2 directory whose sockets are tracked; default: the hierarchy's root.
+    #[arg(long, value_name = "DIR")]
+    pub cgroup: Option<PathBuf>,
+
+    /// How long to wait for live connections to close before releasing anyway.
+    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// The control socket for `drainer drain`, `status` and `release`.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+
+    /// A uid, besides root, allowed to use the control socket (repeat for several).
+    #[arg(long = "allow-uid", value_name = "UID")]
+    pub allow_uids: Vec<u32>,
+
+    /// A gid whose members (by primary group) may use the control socket (repeat for several).
+    #[arg(long = "allow-gid", value_name = "GID")]
+    pub allow_gids: Vec<u32>,
+
+    /// Serve /readyz, /metrics and (with --http-token-file) /drain on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+
+    /// A file holding the token /drain requires as `Authorization: Bearer <token>`.
+    #[arg(long, value_name = "FILE", requires = "http")]
+    pub http_token_file: Option<PathBuf>,
+
+    /// At release, signal this process.
+    #[arg(long, value_name = "PID", group = "release_target", value_parser = clap::value_parser!(i32).range(1..))]
+    pub release_pid: Option<i32>,
+
+    /// At release, signal the process whose pid this file holds (read at release time).
+    #[arg(long, value_name = "FILE", group = "release_target")]
+    pub release_pidfile: Option<PathBuf>,
+
+    /// At release, signal every process of this cgroup v2 directory.
+    #[arg(long, value_name = "DIR", group = "release_target")]
+    pub release_cgroup: Option<PathBuf>,
+
+    /// The signal the release target receives.
+    #[arg(long, value_name = "SIGNAL", default_value = "SIGTERM", value_parser = parse_signal)]
+    pub release_signal: Signal,
+}
+
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// Wait until the daemon releases, showing progress.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// This drain's deadline, if this request starts the drain (default: the daemon's).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the status as JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+#[derive(Debug, Args)]
+pub struct SocketArg {
+    /// The daemon's control socket.
+    #[arg(long = "socket", value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
+    pub path: PathBuf,
+}
+
+/// `SIGTERM`, `TERM` or `15`.
+fn parse_signal(text: &str) -> Result<Signal, String> {
+    let upper = text.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    text.parse::<i32>()
+        .ok()
+        .and_then(|n| Signal::try_from(n).ok())
+        .or_else(|| Signal::from_str(&name).ok())
+        .ok_or_else(|| format!("unknown signal {text:?}: write e.g. SIGTERM, TERM or 15"))
+}
+
 /// `300s`, `5m`, `1h30m`, `250ms`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
@@ -67,11 +183,38 @@ mod tests {
             "run", "--port", "8000", "-p", "9000", "--", "uvicorn", "app:app",
         ])
         .unwrap();
-        let Command::Run(run) = cli.command;
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!(run.ports, [8000, 9000]);
         assert_eq!(run.drain_timeout, Duration::from_secs(300));
         assert_eq!(run.kill_after, Duration::from_secs(30));
         assert_eq!(run.command, ["uvicorn", "app:app"]);
+    }
+
+    #[test]
+    fn daemon_with_a_release_target() {
+        let cli = parse(&[
+            "daemon",
+            "-p",
+            "8000",
+            "--netns",
+            "/run/netns/pod",
+            "--release-pidfile",
+            "/run/app.pid",
+            "--release-signal",
+            "INT",
+            "--http",
+            "127.0.0.1:9090",
+        ])
+        .unwrap();
+        let Command::Daemon(daemon) = cli.command else {
+            panic!("not daemon")
+        };
+        assert_eq!(daemon.release_signal, Signal::SIGINT);
+        assert_eq!(daemon.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+        assert_eq!(daemon.release_pidfile, Some(PathBuf::from("/run/app.pid")));
+        assert_eq!(parse_signal("15"), Ok(Signal::SIGTERM));
     }
 
     #[test]
@@ -91,6 +234,19 @@ mod tests {
                 "x",
             ],
             &["run", "--port", "8000", "--frobnicate", "--", "x"],
+            &["daemon"],
+            &[
+                "daemon",
+                "--port",
+                "80",
+                "--release-pid",
+                "1",
+                "--release-cgroup",
+                "/x",
+            ],
+            &["daemon", "--port", "80", "--release-signal", "SIGNOPE"],
+            &["daemon", "--port", "80", "--http-token-file", "/t"],
+            &["drain", "--timeout", "forever"],
         ] {
             assert!(parse(args).is_err(), "{args:?} was accepted");
         }

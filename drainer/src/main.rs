@@ -3,7 +3,11 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use drainer::{
     cli::{Cli, Command},
+    client,
+    control::Allowed,
+    daemon::{self, DaemonOptions},
     logging,
+    release_target::ReleaseTarget,
     run::{self, RunOptions},
 };
 
@@ -18,6 +22,28 @@ fn main() -> ExitCode {
             cgroup: args.cgroup,
             command: args.command,
         }),
+        Command::Daemon(args) => daemon::daemon(DaemonOptions {
+            release_target: args
+                .release_pid
+                .map(ReleaseTarget::Pid)
+                .or(args.release_pidfile.map(ReleaseTarget::PidFile))
+                .or(args.release_cgroup.map(ReleaseTarget::Cgroup)),
+            ports: args.ports,
+            netns: args.netns,
+            cgroup: args.cgroup,
+            drain_timeout: args.drain_timeout,
+            control_socket: args.control_socket,
+            allowed: Allowed {
+                uids: args.allow_uids,
+                gids: args.allow_gids,
+            },
+            http: args.http,
+            http_token_file: args.http_token_file,
+            release_signal: args.release_signal,
+        }),
+        Command::Drain(args) => client::drain(&args.socket.path, args.wait, args.timeout),
+        Command::Status(args) => client::status(&args.socket.path, args.json),
+        Command::Release(socket) => client::release(&socket.path),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

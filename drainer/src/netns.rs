@@ -73,6 +73,11 @@ impl Netns {
         })
     }
 
+    /// Whether this is the namespace drainer itself runs in.
+    pub fn is_current(&self) -> Result<bool> {
+        self.is_current_thread_namespace()
+    }
+
     fn is_current_thread_namespace(&self) -> Result<bool> {
         let ours =
             fs::metadata("/proc/thread-self/ns/net").context("reading /proc/thread-self/ns/net")?;

@@ -1,0 +1,219 @@
+//! The CLI side of the control socket: `drainer status`, `drainer drain`, `drainer release`.
+use std::{
+    io::{BufRead as _, BufReader, IsTerminal as _, Write as _},
+    os::unix::net::UnixStream,
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::{
+    control::{Reply, Request},
+    status::{Outcome, Status},
+};
+
+/// `drainer drain --wait` exit codes.
+pub const EXIT_DRAINED: i32 = 0;
+pub const EXIT_DEADLINE: i32 = 3;
+pub const EXIT_RELEASED_EARLY: i32 = 4;
+
+struct Connection {
+    reader: BufReader<UnixStream>,
+}
+
+impl Connection {
+    fn open(socket: &Path, request: &Request) -> Result<Self> {
+        let mut stream = UnixStream::connect(socket).with_context(|| {
+            format!(
+                "cannot reach the drainer daemon at {} (is `drainer daemon` running?)",
+                socket.display()
+            )
+        })?;
+        let mut line = serde_json::to_vec(request)?;
+        line.push(b'\n');
+        stream.write_all(&line).context("sending the request")?;
+        Ok(Self {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    fn next(&mut self) -> Result<Reply> {
+        let mut line = String::new();
+        if self
+            .reader
+            .read_line(&mut line)
+            .context("reading the daemon's reply")?
+            == 0
+        {
+            bail!("the daemon closed the connection without a reply");
+        }
+        match serde_json::from_str(&line).context("the daemon's reply is not valid")? {
+            Reply::Error { message } => Err(anyhow!("{message}")),
+            reply => Ok(reply),
+        }
+    }
+}
+
+pub fn status(socket: &Path, json: bool) -> Result<i32> {
+    let mut connection = Connection::open(socket, &Request::Status)?;
+    let Reply::Status(status) = connection.next()? else {
+        bail!("unexpected reply to status")
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", describe(&status));
+    }
+    Ok(0)
+}
+
+pub fn release(socket: &Path) -> Result<i32> {
+    let mut connection = Connection::open(socket, &Request::Release)?;
+    let Reply::Status(status) = connection.next()? else {
+        bail!("unexpected reply to release")
+    };
+    eprintln!("released with {} connections live", status.live);
+    Ok(0)
+}
+
+pub fn drain(socket: &Path, wait: bool, timeout: Option<Duration>) -> Result<i32> {
+    let request = Request::Drain {
+        wait,
+        timeout_seconds: timeout.map(|t| t.as_secs_f64()),
+    };
+    let mut connection = Connection::open(socket, &request)?;
+    if !wait {
+        let Reply::Status(status) = connection.next()? else {
+            bail!("unexpected reply to drain")
+        };
+        eprintln!("draining: {} live", status.live);
+        return Ok(0);
+    }
+    let mut display = Display::new();
+    loop {
+        match connection.next()? {
+            Reply::Progress(status) => display.progress(&status),
+            Reply::Released(status) => return Ok(display.released(&status)),
+            _ => bail!("unexpected reply while waiting"),
+        }
+    }
+}
+
+/// A progress bar on a terminal, plain lines otherwise.
+struct Display {
+    bar: Option<ProgressBar>,
+}
+
+impl Display {
+    fn new() -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} closed  {msg}")
+                    .expect("valid template")
+                    .progress_chars("█▉ "),
+            );
+            bar
+        });
+        Self { bar }
+    }
+
+    fn progress(&mut self, status: &Status) {
+        let line = progress_line(status);
+        match &self.bar {
+            Some(bar) => {
+                let start = status
+                    .live_at_drain_start
+                    .unwrap_or(status.live)
+                    .max(status.live)
+                    .max(0) as u64;
+                bar.set_length(start);
+                bar.set_position(start.saturating_sub(status.live.max(0) as u64));
+                bar.set_message(line);
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn released(&mut self, status: &Status) -> i32 {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        let elapsed = status.drain_elapsed_seconds.unwrap_or(0.0);
+        match status.outcome {
+            Some(Outcome::DeadlinePassed) => {
+                eprintln!(
+                    "deadline passed after {elapsed:.1}s with {} connections live",
+                    status.live
+                );
+                EXIT_DEADLINE
+            }
+            Some(Outcome::ReleasedEarly) => {
+                eprintln!(
+                    "released early after {elapsed:.1}s with {} connections live",
+                    status.live
+                );
+                EXIT_RELEASED_EARLY
+            }
+            _ => {
+                eprintln!("drained in {elapsed:.1}s");
+                EXIT_DRAINED
+            }
+        }
+    }
+}
+
+fn progress_line(status: &Status) -> String {
+    format!(
+        "draining: {} live, {:.1}s elapsed, deadline in {:.0}s",
+        status.live,
+        status.drain_elapsed_seconds.unwrap_or(0.0),
+        status.deadline_left_seconds.unwrap_or(0.0)
+    )
+}
+
+fn describe(status: &Status) -> String {
+    let mut text = format!(
+        "state: {}\nlive connections: {}",
+        status.state.as_str(),
+        status.live
+    );
+    if !status.count_exact {
+        text.push_str(" (at least: some connections could not be tracked)");
+    }
+    text.push('\n');
+    if let Some(start) = status.live_at_drain_start {
+        text.push_str(&format!("live at drain start: {start}\n"));
+    }
+    if let Some(elapsed) = status.drain_elapsed_seconds {
+        text.push_str(&format!("drain elapsed: {elapsed:.1}s\n"));
+    }
+    if let Some(left) = status.deadline_left_seconds {
+        text.push_str(&format!("deadline in: {left:.1}s\n"));
+    }
+    text.push_str(&format!("refused connections: {}\n", status.refused));
+    for port in &status.ports {
+        text.push_str(&format!(
+            "port {}: {} live, {} refused\n",
+            port.port, port.live, port.refused
+        ));
+    }
+    if !status.oldest.is_empty() {
+        text.push_str("oldest live connections:\n");
+        for old in &status.oldest {
+            let age = old
+                .age_seconds
+                .map_or("since before drainer started".to_owned(), |a| {
+                    format!("for {a:.1}s")
+                });
+            text.push_str(&format!(
+                "  {} → :{} {age}\n",
+                old.peer.as_deref().unwrap_or("?"),
+                old.port
+            ));
+        }
+    }
+    text
+}

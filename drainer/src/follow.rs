@@ -1,0 +1,43 @@
+//! Following a drain to its release, for `drainer drain --wait` and the HTTP drain endpoint.
+use std::{cell::RefCell, future::Future, rc::Rc, time::Duration};
+
+use anyhow::Result;
+use tokio::time::{Instant, sleep};
+
+use crate::{
+    guard::Guard,
+    status::{State, Status},
+};
+
+/// Progress reports come at least this often while draining, so elapsed time and deadline keep
+/// moving on the waiter's side...
+const HEARTBEAT: Duration = Duration::from_millis(500);
+/// ...and at most this often, however fast the count changes. The release is never delayed.
+const MIN_GAP: Duration = Duration::from_millis(100);
+
+/// Calls `report(status, released)` on changes until the server is released; the last call has
+/// `released == true`.
+pub async fn follow<F, Fut>(guard: &Rc<RefCell<Guard>>, mut report: F) -> Result<()>
+where
+    F: FnMut(Status, bool) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let mut changes = guard.borrow().subscribe();
+    let mut last_report: Option<Instant> = None;
+    loop {
+        changes.borrow_and_update();
+        let status = guard.borrow().status(false)?;
+        let released = status.state == State::Released;
+        if released || last_report.is_none_or(|at| at.elapsed() >= MIN_GAP) {
+            report(status, released).await?;
+            last_report = Some(Instant::now());
+        }
+        if released {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            () = sleep(HEARTBEAT) => {}
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The optional HTTP listener (`--http ADDR`): `/readyz`, `/metrics`, and `/drain`, which starts
+//! a drain and answers only at release, so a Kubernetes preStop `httpGet` holds the app's SIGTERM
+//! back until then. `/drain` needs `Authorization: Bearer <token>` (`--http-token-file`).
+use std::{cell::RefCell, rc::Rc, time::Duration};
+
+use anyhow::Result;
+use tokio::sync::{mpsc, oneshot};
+use tokio_uring::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
+
+use crate::{
+    control::Command,
+    follow::follow,
+    guard::Guard,
+    metrics,
+    status::{Outcome, State},
+    wire::{self, Stream as _},
+};
+
+const MAX_HEAD: usize = 8192;
+const HEAD_TIME: Duration = Duration::from_secs(5);
+
+pub struct Http {
+    pub guard: Rc<RefCell<Guard>>,
+    pub commands: mpsc::UnboundedSender<Command>,
+    /// `None`: the drain endpoint is disabled.
+    pub token: Option<String>,
+}
+
+struct Response {
+    code: u16,
+    reason: &'static str,
+    content_type: &'static str,
+    body: String,
+}
+
+impl Response {
+    fn text(code: u16, reason: &'static str, body: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
+    }
+
+    fn into_bytes(self) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+            self.code,
+            self.reason,
+            self.content_type,
+            self.body.len(),
+            self.body
+        )
+        .into_bytes()
+    }
+}
+
+pub async fn serve(listener: TcpListener, http: Rc<Http>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let http = http.clone();
+                tokio::task::spawn_local(async move {
+                    let response = respond(&stream, &http).await;
+                    debug!(%peer, code = response.code, "http request");
+                    let _ = stream.write_bytes(response.into_bytes()).await;
+                });
+            }
+            Err(err) => {
+                warn!("http accept failed: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn respond(stream: &TcpStream, http: &Http) -> Response {
+    let head = match wire::read_until(stream, b"\r\n\r\n", MAX_HEAD, HEAD_TIME).await {
+        Ok(head) => head,
+        Err(err) => return Response::text(400, "Bad Request", format!("{err}\n")),
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(&head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) | Err(_) => {
+            return Response::text(400, "Bad Request", "malformed HTTP request\n");
+        }
+    }
+    let method = request.method.unwrap_or_default();
+    let path = request
+        .path
+        .unwrap_or_default()
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    match (method, path) {
+        ("GET", "/readyz") => readyz(http),
+        ("GET", "/metrics") => match http.guard.borrow().status(false) {
+            Ok(status) => Response {
+                code: 200,
+                reason: "OK",
+                content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                body: metrics::render(&status),
+            },
+            Err(err) => Response::text(500, "Internal Server Error", format!("{err:#}\n")),
+        },
+        ("GET" | "POST", "/drain") => drain(http, request.headers).await,
+        (_, "/readyz" | "/metrics" | "/drain") => {
+            Response::text(405, "Method Not Allowed", "method not allowed\n")
+        }
+        _ => Response::text(
+            404,
+            "Not Found",
+            "not found: try /readyz, /metrics or /drain\n",
+        ),
+    }
+}
+
+fn readyz(http: &Http) -> Response {
+    match http.guard.borrow().status(false).map(|s| s.state) {
+        Ok(State::Serving) => Response::text(200, "OK", "serving\n"),
+        Ok(state) => Response::text(503, "Service Unavailable", format!("{}\n", state.as_str())),
+        Err(err) => Response::text(500, "Internal Server Error", format!("{err:#}\n")),
+    }
+}
+
+async fn drain(http: &Http, headers: &[httparse::Header<'_>]) -> Response {
+    let Some(token) = &http.token else {
+        return Response::text(
+            403,
+            "Forbidden",
+            "the drain endpoint is disabled: start drainer with --http-token-file\n",
+        );
+    };
+    let presented = headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("authorization"))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
+        warn!("refused an HTTP drain request without a valid token");
+        return Response::text(
+            401,
+            "Unauthorized",
+            "a valid `Authorization: Bearer <token>` header is required\n",
+        );
+    }
+    info!("drain requested over HTTP");
+    let (done, acknowledged) = oneshot::channel();
+    if http
+        .commands
+        .send(Command::Drain {
+            timeout: None,
+            done,
+        })
+        .is_err()
+        || acknowledged.await.is_err()
+    {
+        return Response::text(503, "Service Unavailable", "drainer is shutting down\n");
+    }
+    let mut outcome = None;
+    let followed: Result<()> = follow(&http.guard, |status, released| {
+        if released {
+            outcome = Some((status.outcome, status.live));
+        }
+        async { Ok(()) }
+    })
+    .await;
+    match (followed, outcome) {
+        (Ok(()), Some((Some(Outcome::DeadlinePassed), live))) => Response::text(
+            504,
+            "Gateway Timeout",
+            format!("deadline passed with {live} connections live\n"),
+        ),
+        (Ok(()), Some((Some(Outcome::ReleasedEarly), live))) => Response::text(
+            200,
+            "OK",
+            format!("released early with {live} connections live\n"),
+        ),
+        (Ok(()), _) => Response::text(200, "OK", "drained\n"),
+        (Err(err), _) => Response::text(500, "Internal Server Error", format!("{err:#}\n")),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
