@@ -57,7 +57,7 @@ impl Connection {
 }
 
 pub fn status(socket: &Path, json: bool) -> Result<i32> {
-    let mut connection = Connection::open(socket, &Request::Status)?;
+    let mut connection = Connection::open(socket, &Request::Status {})?;
     let Reply::Status(status) = connection.next()? else {
         bail!("unexpected reply to status")
     };
@@ -70,7 +70,7 @@ pub fn status(socket: &Path, json: bool) -> Result<i32> {
 }
 
 pub fn release(socket: &Path) -> Result<i32> {
-    let mut connection = Connection::open(socket, &Request::Release)?;
+    let mut connection = Connection::open(socket, &Request::Release {})?;
     let Reply::Status(status) = connection.next()? else {
         bail!("unexpected reply to release")
     };

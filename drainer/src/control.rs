@@ -27,7 +27,8 @@ const MAX_TIMEOUT_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
 #[derive(Debug, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
-    Status,
+    // Braced, so that unknown fields are refused for every command.
+    Status {},
     Drain {
         #[serde(default)]
         wait: bool,
@@ -35,8 +36,8 @@ pub enum Request {
         #[serde(default)]
         timeout_seconds: Option<f64>,
     },
-    Wait,
-    Release,
+    Wait {},
+    Release {},
 }
 
 #[derive(Debug, PartialEq, Deserialize, Serialize)]
@@ -194,7 +195,7 @@ async fn handle(
     };
     debug!(uid = credentials.uid(), ?request, "control request");
     match request {
-        Request::Status => {
+        Request::Status {} => {
             let status = guard.borrow().status(true)?;
             send(stream, &Reply::Status(status)).await
         }
@@ -211,8 +212,8 @@ async fn handle(
                 send(stream, &Reply::Status(status)).await
             }
         }
-        Request::Wait => follow_to_release(stream, guard).await,
-        Request::Release => {
+        Request::Wait {} => follow_to_release(stream, guard).await,
+        Request::Release {} => {
             ask(commands, |done| Command::Release { done }).await?;
             let status = guard.borrow().status(false)?;
             send(stream, &Reply::Status(status)).await
@@ -281,7 +282,7 @@ mod tests {
                 timeout_seconds: None
             })
         );
-        assert_eq!(parse_request(b"{\"command\":\"wait\"}"), Ok(Request::Wait));
+        assert_eq!(parse_request(b"{\"command\":\"wait\"}"), Ok(Request::Wait {}));
         assert_eq!(
             parse_request(b"{\"command\":\"release\"}"),
             Ok(Request::Release)
