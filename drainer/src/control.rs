@@ -266,7 +266,7 @@ mod tests {
     fn parses_each_request() {
         assert_eq!(
             parse_request(b"{\"command\":\"status\"}\n"),
-            Ok(Request::Status)
+            Ok(Request::Status {})
         );
         assert_eq!(
             parse_request(b"{\"command\":\"drain\",\"wait\":true,\"timeout_seconds\":30}\n"),
@@ -282,10 +282,13 @@ mod tests {
                 timeout_seconds: None
             })
         );
-        assert_eq!(parse_request(b"{\"command\":\"wait\"}"), Ok(Request::Wait {}));
+        assert_eq!(
+            parse_request(b"{\"command\":\"wait\"}"),
+            Ok(Request::Wait {})
+        );
         assert_eq!(
             parse_request(b"{\"command\":\"release\"}"),
-            Ok(Request::Release)
+            Ok(Request::Release {})
         );
     }
 
