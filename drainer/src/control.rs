@@ -52,6 +52,12 @@ pub enum Reply {
 /// Parses one request line.
 pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     let text = std::str::from_utf8(line).map_err(|_| "request is not UTF-8".to_owned())?;
+    // serde would also take the tagged enum as an array; only objects are requests.
+    if !text.trim_start().starts_with('{') {
+        return Err(
+            "a request is one JSON object per line, such as {\"command\":\"status\"}".to_owned(),
+        );
+    }
     let request: Request = serde_json::from_str(text.trim_end()).map_err(|err| {
         format!("bad request ({err}); send one JSON line such as {{\"command\":\"status\"}}")
     })?;
