@@ -151,6 +151,7 @@ pub async fn serve(
                     if let Err(err) = handle(&stream, &guard, &commands, &allowed).await {
                         debug!("control connection: {err:#}");
                     }
+                    finish(&stream).await;
                 });
             }
             Err(err) => {
@@ -171,6 +172,8 @@ async fn handle(
         &unsafe_borrow(stream.as_raw_fd()),
         nix::sys::socket::sockopt::PeerCredentials,
     )?;
+    // Read before judging, so even a refused client gets its reply rather than a broken pipe.
+    let line = wire::read_until(stream, b"\n", MAX_REQUEST, REQUEST_TIME).await;
     if !allowed.permits(credentials.uid(), credentials.gid()) {
         warn!(
             uid = credentials.uid(),
@@ -183,7 +186,7 @@ async fn handle(
         );
         return send(stream, &Reply::Error { message }).await;
     }
-    let line = match wire::read_until(stream, b"\n", MAX_REQUEST, REQUEST_TIME).await {
+    let line = match line {
         Ok(line) => line,
         Err(err) => {
             return send(
@@ -256,6 +259,22 @@ async fn send(stream: &UnixStream, reply: &Reply) -> Result<()> {
     line.push(b'\n');
     stream.write_bytes(line).await?;
     Ok(())
+}
+
+/// Ends a connection without losing the reply: input the client is still sending (an oversized
+/// request) is read and dropped, briefly, since closing a socket with unread input resets it.
+async fn finish(stream: &UnixStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let discard = async {
+        let mut left: usize = 64 * 1024;
+        while left > 0 {
+            match stream.read_some(vec![0; 4096]).await {
+                (Ok(0) | Err(_), _) => break,
+                (Ok(n), _) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), discard).await;
 }
 
 /// A borrowed descriptor for nix's socket-option calls.

@@ -87,3 +87,93 @@ pub fn echo(stream: &mut std::net::TcpStream, payload: &[u8]) -> std::io::Result
     assert_eq!(back, payload, "echo returned different bytes");
     Ok(())
 }
+
+/// A private directory under /tmp for one test's sockets and files; removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn create(name: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = env::temp_dir().join(format!("drainer-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create a temp dir");
+        // Reachable by the unprivileged users some tests run clients as.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `drainer daemon ARGS` inside `netns`.
+pub fn drainer_daemon(netns: &netns::TestNetns, args: &[&str]) -> process::Process {
+    let mut command = netns.command(drainer_bin());
+    command.arg("daemon").args(args).env("DRAINER_LOG", "info");
+    let daemon = process::Process::spawn("drainer daemon", command);
+    daemon.wait_for("control socket", std::time::Duration::from_secs(20));
+    daemon
+}
+
+/// Runs a drainer client command (`status`, `drain`, ...) to completion: (exit code, stdout, stderr).
+pub fn drainer_client(args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(drainer_bin())
+        .args(args)
+        .output()
+        .expect("run drainer");
+    (
+        output.status.code().expect("the client died of a signal"),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `drainer status --json` through `socket`.
+pub fn status_json(socket: &std::path::Path) -> serde_json::Value {
+    let (code, stdout, stderr) =
+        drainer_client(&["status", "--json", "--socket", socket.to_str().unwrap()]);
+    assert_eq!(code, 0, "drainer status failed: {stderr}");
+    serde_json::from_str(&stdout).expect("status JSON")
+}
+
+/// One HTTP/1.1 request over `stream`; returns (status code, body).
+pub fn http_request(
+    mut stream: std::net::TcpStream,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: drainer\r\n");
+    for header in headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .expect("send the HTTP request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the HTTP response");
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}

@@ -1,0 +1,427 @@
+//! `drainer daemon`: the Kubernetes pod rehearsal, /metrics against `drainer status`, the control
+//! socket's access checks and its answers to malformed requests, and `drain --wait` exit codes.
+use std::{
+    io::{ErrorKind, Read as _, Write as _},
+    net::{Shutdown, SocketAddr},
+    os::unix::{net::UnixStream, process::CommandExt as _},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use drainer_integration::{
+    TempDir, drainer_bin, drainer_client, drainer_daemon, echo_server, http_request,
+    netns::TestNetns, process::Process, python, require_root, script, status_json,
+};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+const TOKEN: &str = "a-long-random-token-for-the-tests";
+
+fn http_addr() -> SocketAddr {
+    "127.0.0.1:9090".parse().unwrap()
+}
+
+fn socket_arg(dir: &TempDir) -> String {
+    dir.path().join("drainer.sock").display().to_string()
+}
+
+fn wait_for_state(socket: &str, state: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = status_json(socket.as_ref());
+        if status["state"] == state {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "never reached {state}: {status}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn pod_rehearsal_prestop_http_drain_then_sigterm_loses_no_session() {
+    require_root();
+    let pod = TestNetns::create();
+    let node = TestNetns::create();
+    let dir = TempDir::create("pod");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let socket = socket_arg(&dir);
+
+    // The app container: uvicorn in the pod's namespace.
+    let mut uvicorn_command = pod.command(python());
+    uvicorn_command
+        .args([
+            "-m",
+            "uvicorn",
+            "live_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "8000",
+            "--app-dir",
+        ])
+        .arg(script(""));
+    let mut uvicorn = Process::spawn("uvicorn", uvicorn_command);
+    uvicorn.wait_for("Uvicorn running on", Duration::from_secs(30));
+
+    // Live sessions exist before the sidecar starts.
+    let lengths: Vec<String> = (0..20)
+        .map(|i| format!("{:.2}", 2.0 + 2.0 * f64::from(i) / 19.0))
+        .collect();
+    let mut clients_command = pod.command(python());
+    clients_command
+        .arg(script("live_clients.py"))
+        .args(["127.0.0.1", "8000"])
+        .args(&lengths);
+    let mut clients = Process::spawn("live_clients", clients_command);
+    clients.wait_for("connected 20", Duration::from_secs(30));
+
+    // The sidecar attaches from outside, through the pod's namespace file.
+    let mut daemon = drainer_daemon(
+        &node,
+        &[
+            "--port",
+            "8000",
+            "--netns",
+            pod.path().to_str().unwrap(),
+            "--http",
+            "127.0.0.1:9090",
+            "--http-token-file",
+            token_file.to_str().unwrap(),
+            "--control-socket",
+            &socket,
+            "--drain-timeout",
+            "60s",
+        ],
+    );
+    let status = status_json(socket.as_ref());
+    assert_eq!(
+        status["live"], 20,
+        "sessions open before the daemon started were not counted: {status}"
+    );
+
+    // Without the token: refused, and nothing starts.
+    let (code, _) = http_request(node.connect(http_addr()).unwrap(), "GET", "/drain", &[]);
+    assert_eq!(code, 401);
+    let (code, _) = http_request(
+        node.connect(http_addr()).unwrap(),
+        "GET",
+        "/drain",
+        &["Authorization: Bearer wrong-token-wrong-token"],
+    );
+    assert_eq!(code, 401);
+    assert_eq!(status_json(socket.as_ref())["state"], "serving");
+    assert_eq!(
+        http_request(node.connect(http_addr()).unwrap(), "GET", "/readyz", &[]).0,
+        200
+    );
+
+    // The kubelet runs the preStop hook: GET /drain with the token blocks until release.
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    let (prestop, readyz_while_draining, refused) = thread::scope(|scope| {
+        let prestop = scope.spawn(|| {
+            http_request(
+                node.connect(http_addr()).unwrap(),
+                "GET",
+                "/drain",
+                &[&bearer],
+            )
+        });
+        wait_for_state(&socket, "draining");
+        let readyz = http_request(node.connect(http_addr()).unwrap(), "GET", "/readyz", &[]).0;
+        let refused = pod
+            .connect("127.0.0.1:8000".parse().unwrap())
+            .expect_err("accepted while draining");
+        (prestop.join().unwrap(), readyz, refused)
+    });
+    assert_eq!(readyz_while_draining, 503);
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
+    assert_eq!(prestop, (200, "drained\n".to_owned()));
+
+    // Then the kubelet sends the app its SIGTERM.
+    uvicorn.signal(Signal::SIGTERM);
+    uvicorn.wait(Duration::from_secs(30));
+    assert!(clients.wait(Duration::from_secs(30)).success());
+    let results: Vec<Value> = clients
+        .lines()
+        .iter()
+        .filter(|line| line.text.starts_with('{'))
+        .map(|line| serde_json::from_str(&line.text).unwrap())
+        .collect();
+    assert_eq!(results.len(), 20);
+    for result in &results {
+        assert_eq!(result["code"], 1000, "{result}");
+        assert_eq!(result["received"], result["expected"], "{result}");
+    }
+    // Last, the sidecar is stopped.
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(
+        daemon.wait(Duration::from_secs(10)).code(),
+        Some(0),
+        "{}",
+        daemon.output()
+    );
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_match_status() {
+    require_root();
+    let netns = TestNetns::create();
+    let dir = TempDir::create("metrics");
+    let socket = socket_arg(&dir);
+    let _server = echo_server(&netns, &[("127.0.0.1", 8000)]);
+    let _daemon = drainer_daemon(
+        &netns,
+        &[
+            "--port",
+            "8000",
+            "--http",
+            "127.0.0.1:9090",
+            "--control-socket",
+            &socket,
+        ],
+    );
+    let addr: SocketAddr = "127.0.0.1:8000".parse().unwrap();
+    let _held: Vec<_> = (0..3).map(|_| netns.connect(addr).unwrap()).collect();
+
+    let (code, _, stderr) = drainer_client(&["drain", "--socket", &socket]);
+    assert_eq!(code, 0, "{stderr}");
+    for _ in 0..2 {
+        assert_eq!(
+            netns.connect(addr).unwrap_err().kind(),
+            ErrorKind::ConnectionRefused
+        );
+    }
+
+    let (code, text) = http_request(netns.connect(http_addr()).unwrap(), "GET", "/metrics", &[]);
+    assert_eq!(code, 200);
+    let status = status_json(socket.as_ref());
+    let mut parser = Command::new(python());
+    parser
+        .arg(script("parse_metrics.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut parser = parser.spawn().unwrap();
+    parser
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = parser.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "not Prometheus text: {}\n{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let samples: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let sample = |name: &str, label: (&str, &str)| -> f64 {
+        samples
+            .iter()
+            .find(|s| s["name"] == name && s["labels"][label.0] == label.1)
+            .and_then(|s| s["value"].as_f64())
+            .unwrap_or_else(|| panic!("no {name}{{{}={}}} in\n{text}", label.0, label.1))
+    };
+    assert_eq!(
+        sample("drainer_live_connections", ("port", "8000")),
+        status["live"].as_f64().unwrap()
+    );
+    assert_eq!(status["live"], 3);
+    assert_eq!(
+        sample("drainer_refused_connections_total", ("port", "8000")),
+        status["refused"].as_f64().unwrap()
+    );
+    assert_eq!(status["refused"], 2);
+    assert_eq!(sample("drainer_state", ("state", "draining")), 1.0);
+    assert_eq!(sample("drainer_state", ("state", "serving")), 0.0);
+    let unlabelled = |name: &str| {
+        samples
+            .iter()
+            .find(|s| s["name"] == name)
+            .and_then(|s| s["value"].as_f64())
+            .unwrap()
+    };
+    assert_eq!(
+        unlabelled("drainer_deadline_hits_total"),
+        status["deadline_hits"].as_f64().unwrap()
+    );
+    assert!(unlabelled("drainer_drain_duration_seconds") > 0.0);
+}
+
+#[test]
+fn the_control_socket_refuses_users_not_allowed() {
+    require_root();
+    let netns = TestNetns::create();
+    let dir = TempDir::create("control-uid");
+    let socket = socket_arg(&dir);
+    let daemon = drainer_daemon(&netns, &["--port", "8000", "--control-socket", &socket]);
+
+    let as_nobody = |args: &[&str]| {
+        let output = Command::new(drainer_bin())
+            .args(args)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = as_nobody(&["drain", "--socket", &socket]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("uid 65534 may not control drainer"),
+        "{stderr}"
+    );
+    daemon.wait_for(
+        "refused a control request from a user not allowed",
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        status_json(socket.as_ref())["state"],
+        "serving",
+        "the refused request started a drain"
+    );
+
+    // With --allow-uid the same user is served.
+    let other = TestNetns::create();
+    let other_dir = TempDir::create("control-allowed");
+    let other_socket = socket_arg(&other_dir);
+    let _allowed = drainer_daemon(
+        &other,
+        &[
+            "--port",
+            "8000",
+            "--control-socket",
+            &other_socket,
+            "--allow-uid",
+            "65534",
+        ],
+    );
+    let (code, stderr) = as_nobody(&["status", "--socket", &other_socket]);
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn malformed_control_requests_each_get_an_error_reply_and_the_daemon_keeps_serving() {
+    require_root();
+    let netns = TestNetns::create();
+    let dir = TempDir::create("control-malformed");
+    let socket = socket_arg(&dir);
+    let _daemon = drainer_daemon(&netns, &["--port", "8000", "--control-socket", &socket]);
+
+    let oversized = format!(
+        "{{\"command\":\"status\",\"pad\":\"{}\"}}\n",
+        "x".repeat(5000)
+    );
+    let deep = format!("{}\n", "[".repeat(3000));
+    let requests: Vec<&[u8]> = vec![
+        b"\n",
+        b"status\n",
+        b"{}\n",
+        b"{\"command\":\"reboot\"}\n",
+        b"{\"command\":\"STATUS\"}\n",
+        b"{\"command\":\"status\",\"extra\":true}\n",
+        b"{\"command\":\"drain\",\"wait\":\"yes\"}\n",
+        b"{\"command\":\"drain\",\"timeout_seconds\":\"30s\"}\n",
+        b"{\"command\":\"drain\",\"timeout_seconds\":-5}\n",
+        b"{\"command\":\"drain\",\"timeout_seconds\":0}\n",
+        b"{\"command\":\"drain\",\"timeout_seconds\":1e308}\n",
+        b"{\"command\":7}\n",
+        b"{\"command\":null}\n",
+        b"[\"status\"]\n",
+        b"\"status\"\n",
+        b"null\n",
+        b"42\n",
+        b"\xff\xfe\xfd\n",
+        b"{\"command\":\"status\"",
+        b"{\"command\":\"sta",
+        b"",
+        oversized.as_bytes(),
+        deep.as_bytes(),
+        b"{\"command\":\"status\"}{\"command\":\"drain\"}\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+    ];
+    assert!(requests.len() >= 20);
+    for request in &requests {
+        let mut stream = UnixStream::connect(&socket).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let _ = stream.write_all(request);
+        let _ = stream.shutdown(Shutdown::Write);
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        let reply: Value = serde_json::from_str(&reply).unwrap_or_else(|_| {
+            panic!(
+                "no JSON reply to {:?}: {reply:?}",
+                String::from_utf8_lossy(request)
+            )
+        });
+        assert_eq!(
+            reply["reply"],
+            "error",
+            "request {:?} got {reply}",
+            String::from_utf8_lossy(request)
+        );
+        assert!(reply["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+
+    // A client that connects and sends nothing is answered when its time is up.
+    let mut silent = UnixStream::connect(&socket).unwrap();
+    let mut reply = String::new();
+    silent.read_to_string(&mut reply).unwrap();
+    assert!(reply.contains("not received in time"), "{reply}");
+
+    let status = status_json(socket.as_ref());
+    assert_eq!(
+        status["state"], "serving",
+        "a malformed request started a drain: {status}"
+    );
+}
+
+#[test]
+fn drain_wait_exits_3_when_the_deadline_cuts_the_drain_and_4_when_released_early() {
+    require_root();
+    let netns = TestNetns::create();
+    let _server = echo_server(&netns, &[("127.0.0.1", 8000)]);
+    let addr: SocketAddr = "127.0.0.1:8000".parse().unwrap();
+    let _held = netns.connect(addr).unwrap();
+
+    let dir = TempDir::create("deadline");
+    let socket = socket_arg(&dir);
+    let _daemon = drainer_daemon(&netns, &["--port", "8000", "--control-socket", &socket]);
+    let (code, _, stderr) =
+        drainer_client(&["drain", "--wait", "--timeout", "1s", "--socket", &socket]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("deadline passed"), "{stderr}");
+    assert_eq!(status_json(socket.as_ref())["deadline_hits"], 1);
+
+    let other_ns = TestNetns::create();
+    let _other_server = echo_server(&other_ns, &[("127.0.0.1", 8000)]);
+    let _other_held = other_ns.connect(addr).unwrap();
+    let other = TempDir::create("early");
+    let other_socket = socket_arg(&other);
+    let _other_daemon = drainer_daemon(
+        &other_ns,
+        &["--port", "8000", "--control-socket", &other_socket],
+    );
+    let waiter = Command::new(drainer_bin())
+        .args(["drain", "--wait", "--socket", &other_socket])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_state(&other_socket, "draining");
+    let (code, _, stderr) = drainer_client(&["release", "--socket", &other_socket]);
+    assert_eq!(code, 0, "{stderr}");
+    let output = waiter.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
