@@ -102,7 +102,7 @@ fn test() -> Result<()> {
             "the integration tests load eBPF programs and create network namespaces: run `sudo ./x test` (or as root)"
         );
     }
-    system::ensure_packages(&[("ip", "iproute2"), ("ss", "iproute2")])?;
+    system::ensure_packages(&[("ip", "iproute2"), ("systemd-analyze", "systemd")])?;
     let python = python::ensure_venv()?;
     lint()?;
     let binary = build(false)?;

@@ -1,0 +1,106 @@
+//! systemd integration: the sd_notify messages a `Type=notify` unit receives, in order, and the
+//! example unit files.
+use std::{
+    net::SocketAddr,
+    os::unix::net::UnixDatagram,
+    path::PathBuf,
+    process::Command,
+    time::Duration,
+};
+
+use drainer_integration::{
+    TempDir, drainer_bin, netns::TestNetns, process::Process, python, require_root, script,
+};
+use nix::sys::signal::Signal;
+
+/// Every datagram that arrives within `quiet` of the previous one.
+fn collect(socket: &UnixDatagram, quiet: Duration) -> Vec<String> {
+    socket.set_read_timeout(Some(quiet)).unwrap();
+    let mut messages = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while let Ok(n) = socket.recv(&mut buffer) {
+        messages.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+    }
+    messages
+}
+
+fn position(messages: &[String], needle: &str) -> usize {
+    messages
+        .iter()
+        .position(|m| m.lines().any(|line| line.starts_with(needle)))
+        .unwrap_or_else(|| panic!("no {needle} among {messages:#?}"))
+}
+
+#[test]
+fn notify_messages_arrive_in_order_ready_status_extend_stopping() {
+    require_root();
+    let netns = TestNetns::create();
+    let dir = TempDir::create("notify");
+    let notify_path = dir.path().join("notify");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+
+    let mut command = netns.command(drainer_bin());
+    command
+        .args(["run", "--port", "8000", "--drain-timeout", "120s", "--kill-after", "10s", "--"])
+        .arg(python())
+        .arg(script("echo_server.py"))
+        .args(["127.0.0.1", "8000"])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("DRAINER_LOG", "info");
+    let mut drainer = Process::spawn("drainer", command);
+    drainer.wait_for("listening", Duration::from_secs(20));
+    let addr: SocketAddr = "127.0.0.1:8000".parse().unwrap();
+    let held = netns.connect(addr).unwrap();
+    drainer.signal(Signal::SIGTERM);
+    drainer.wait_for("draining: refusing new connections", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(200));
+    drop(held);
+    drainer.wait(Duration::from_secs(10));
+    let messages = collect(&notify, Duration::from_millis(300));
+
+    let ready = position(&messages, "READY=1");
+    assert_eq!(ready, 0, "READY=1 must come first: {messages:#?}");
+    assert!(messages[0].contains("STATUS=serving: 0 live"), "{messages:#?}");
+    let draining = position(&messages, "STATUS=draining: 1 live");
+    let extend = position(&messages, "EXTEND_TIMEOUT_USEC=");
+    let stopping = position(&messages, "STOPPING=1");
+    assert!(ready < draining && draining <= extend + 1 && extend < stopping, "out of order: {messages:#?}");
+    // The extension covers the whole drain deadline plus the kill timer.
+    let usec: u64 = messages[extend]
+        .lines()
+        .find_map(|l| l.strip_prefix("EXTEND_TIMEOUT_USEC="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(usec >= 130_000_000, "extended by only {usec} µs: {messages:#?}");
+    assert!(messages[stopping].contains("STATUS=released"), "{messages:#?}");
+}
+
+#[test]
+fn the_example_unit_files_pass_systemd_analyze_verify() {
+    let units = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd");
+    let dir = TempDir::create("units");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&units).expect("deploy/systemd") {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "service") {
+            // Point the units at the binary under test: verify checks that it exists.
+            let text = std::fs::read_to_string(&path)
+                .unwrap()
+                .replace("/usr/local/bin/drainer", drainer_bin().to_str().unwrap());
+            let copy = dir.path().join(path.file_name().unwrap());
+            std::fs::write(&copy, text).unwrap();
+            names.push(copy);
+        }
+    }
+    assert!(names.len() >= 3, "expected the wrapper, companion and app units in {}", units.display());
+    let output = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&names)
+        .env("SYSTEMD_LOG_LEVEL", "notice")
+        .output()
+        .expect("systemd-analyze (Debian package systemd)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "systemd-analyze verify failed:\n{stderr}");
+    assert!(stderr.trim().is_empty(), "systemd-analyze verify warned:\n{stderr}");
+}
