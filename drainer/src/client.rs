@@ -129,9 +129,10 @@ impl Display {
                     .unwrap_or(status.live)
                     .max(status.live)
                     .max(0) as u64;
+                // Message first: setting the position redraws, with whatever message is set.
+                bar.set_message(line);
                 bar.set_length(start);
                 bar.set_position(start.saturating_sub(status.live.max(0) as u64));
-                bar.set_message(line);
             }
             None => eprintln!("{line}"),
         }
