@@ -1,11 +1,7 @@
 //! systemd integration: the sd_notify messages a `Type=notify` unit receives, in order, and the
 //! example unit files.
 use std::{
-    net::SocketAddr,
-    os::unix::net::UnixDatagram,
-    path::PathBuf,
-    process::Command,
-    time::Duration,
+    net::SocketAddr, os::unix::net::UnixDatagram, path::PathBuf, process::Command, time::Duration,
 };
 
 use drainer_integration::{
@@ -41,7 +37,16 @@ fn notify_messages_arrive_in_order_ready_status_extend_stopping() {
 
     let mut command = netns.command(drainer_bin());
     command
-        .args(["run", "--port", "8000", "--drain-timeout", "120s", "--kill-after", "10s", "--"])
+        .args([
+            "run",
+            "--port",
+            "8000",
+            "--drain-timeout",
+            "120s",
+            "--kill-after",
+            "10s",
+            "--",
+        ])
         .arg(python())
         .arg(script("echo_server.py"))
         .args(["127.0.0.1", "8000"])
@@ -60,11 +65,17 @@ fn notify_messages_arrive_in_order_ready_status_extend_stopping() {
 
     let ready = position(&messages, "READY=1");
     assert_eq!(ready, 0, "READY=1 must come first: {messages:#?}");
-    assert!(messages[0].contains("STATUS=serving: 0 live"), "{messages:#?}");
+    assert!(
+        messages[0].contains("STATUS=serving: 0 live"),
+        "{messages:#?}"
+    );
     let draining = position(&messages, "STATUS=draining: 1 live");
     let extend = position(&messages, "EXTEND_TIMEOUT_USEC=");
     let stopping = position(&messages, "STOPPING=1");
-    assert!(ready < draining && draining <= extend + 1 && extend < stopping, "out of order: {messages:#?}");
+    assert!(
+        ready < draining && draining <= extend + 1 && extend < stopping,
+        "out of order: {messages:#?}"
+    );
     // The extension covers the whole drain deadline plus the kill timer.
     let usec: u64 = messages[extend]
         .lines()
@@ -72,8 +83,14 @@ fn notify_messages_arrive_in_order_ready_status_extend_stopping() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(usec >= 130_000_000, "extended by only {usec} µs: {messages:#?}");
-    assert!(messages[stopping].contains("STATUS=released"), "{messages:#?}");
+    assert!(
+        usec >= 130_000_000,
+        "extended by only {usec} µs: {messages:#?}"
+    );
+    assert!(
+        messages[stopping].contains("STATUS=released"),
+        "{messages:#?}"
+    );
 }
 
 #[test]
@@ -93,7 +110,11 @@ fn the_example_unit_files_pass_systemd_analyze_verify() {
             names.push(copy);
         }
     }
-    assert!(names.len() >= 3, "expected the wrapper, companion and app units in {}", units.display());
+    assert!(
+        names.len() >= 3,
+        "expected the wrapper, companion and app units in {}",
+        units.display()
+    );
     let output = Command::new("systemd-analyze")
         .arg("verify")
         .args(&names)
@@ -101,6 +122,12 @@ fn the_example_unit_files_pass_systemd_analyze_verify() {
         .output()
         .expect("systemd-analyze (Debian package systemd)");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "systemd-analyze verify failed:\n{stderr}");
-    assert!(stderr.trim().is_empty(), "systemd-analyze verify warned:\n{stderr}");
+    assert!(
+        output.status.success(),
+        "systemd-analyze verify failed:\n{stderr}"
+    );
+    assert!(
+        stderr.trim().is_empty(),
+        "systemd-analyze verify warned:\n{stderr}"
+    );
 }
