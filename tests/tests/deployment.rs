@@ -1,5 +1,5 @@
-//! systemd integration: the sd_notify messages a `Type=notify` unit receives, in order, and the
-//! example unit files.
+//! The places drainer runs: the sd_notify messages a `Type=notify` unit receives, in order; the
+//! example systemd units; the Kubernetes sidecar manifest.
 use std::{
     net::SocketAddr, os::unix::net::UnixDatagram, path::PathBuf, process::Command, time::Duration,
 };
@@ -129,5 +129,23 @@ fn the_example_unit_files_pass_systemd_analyze_verify() {
     assert!(
         stderr.trim().is_empty(),
         "systemd-analyze verify warned:\n{stderr}"
+    );
+}
+
+#[test]
+fn the_kubernetes_sidecar_manifest_has_what_drainer_needs() {
+    let manifest =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/deployment.yaml");
+    let output = Command::new(python())
+        .arg(script("check_sidecar_manifest.py"))
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}: {}{}",
+        manifest.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
     );
 }

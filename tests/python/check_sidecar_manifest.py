@@ -1,0 +1,52 @@
+"""Checks deploy/kubernetes/deployment.yaml against what drainer needs as a sidecar; prints one
+line per problem and exits non-zero if there is any.
+
+Usage: check_sidecar_manifest.py MANIFEST"""
+import sys
+
+import yaml
+
+problems = []
+
+
+def check(condition, message):
+    if not condition:
+        problems.append(message)
+
+
+def seconds(text):
+    units = {"s": 1, "m": 60, "h": 3600}
+    return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+
+
+documents = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+deployments = [d for d in documents if d.get("kind") == "Deployment"]
+check(len(deployments) == 1, "expected one Deployment")
+pod = deployments[0]["spec"]["template"]["spec"]
+sidecars = [c for c in pod.get("initContainers", []) if c.get("restartPolicy") == "Always"]
+check(len(sidecars) == 1, "drainer must be a native sidecar: an initContainer with restartPolicy: Always")
+sidecar = sidecars[0]
+args = sidecar.get("args", [])
+check(args[:1] == ["daemon"], "the sidecar runs `drainer daemon`")
+check("--http" in args and "--http-token-file" in args, "the sidecar serves HTTP with a token file")
+drain_timeout = seconds(args[args.index("--drain-timeout") + 1]) if "--drain-timeout" in args else 300
+caps = sidecar.get("securityContext", {}).get("capabilities", {})
+check(caps.get("drop") == ["ALL"], "the sidecar drops every capability first")
+check(sorted(caps.get("add", [])) == ["BPF", "NET_ADMIN", "PERFMON"], f"least capabilities: {caps.get('add')}")
+check(not sidecar.get("securityContext", {}).get("privileged", False), "the sidecar is not privileged")
+check(sidecar.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz", "sidecar readiness on /readyz")
+apps = pod.get("containers", [])
+check(len(apps) >= 1, "an app container")
+app = apps[0]
+pre_stop = app.get("lifecycle", {}).get("preStop", {})
+http_get = pre_stop.get("httpGet", {})
+check(http_get.get("path") == "/drain", "the app's preStop calls /drain")
+headers = {h["name"]: h["value"] for h in http_get.get("httpHeaders", [])}
+check(headers.get("Authorization", "").startswith("Bearer "), "the preStop sends the token")
+check(app.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz", "app readiness follows /readyz")
+grace = pod.get("terminationGracePeriodSeconds", 30)
+check(grace > drain_timeout, f"terminationGracePeriodSeconds {grace} must exceed the drain timeout {drain_timeout}")
+
+for problem in problems:
+    print(problem)
+sys.exit(1 if problems else 0)
