@@ -40,7 +40,6 @@ pub struct Guard {
     programs: Programs,
     drain: Drain,
     progress: Progress,
-    systemd: Systemd,
     live_at_start: Option<i64>,
     deadline_hits: u64,
     /// Time drainer will still need after release (the child's `--kill-after`), for systemd.
@@ -54,8 +53,7 @@ impl Guard {
         Self {
             programs,
             drain,
-            progress: Progress::new(diag),
-            systemd: Systemd::from_env(),
+            progress: Progress::new(diag, Systemd::from_env()),
             live_at_start: None,
             deadline_hits: 0,
             after_release,
@@ -72,7 +70,7 @@ impl Guard {
     }
 
     pub fn systemd(&self) -> &Systemd {
-        &self.systemd
+        self.progress.systemd()
     }
 
     /// Wakes on every change of state or count.
@@ -105,11 +103,6 @@ impl Guard {
         let now = Instant::now();
         let step = self.drain.on_count(count, now);
         self.progress.count_changed(&self.programs, count, now);
-        self.systemd.status(&format!(
-            "{}: {} live",
-            State::from(self.phase()).as_str(),
-            count.live
-        ));
         self.changes.send_modify(|n| *n += 1);
         self.carry_out(step)
     }
@@ -148,11 +141,10 @@ impl Guard {
                         .drain_started(&self.programs, &counts, count, now);
                     if let Phase::Draining { deadline, .. } = self.phase() {
                         let left = deadline.saturating_duration_since(now);
-                        self.systemd
+                        self.progress
+                            .systemd()
                             .extend_timeout(left + self.after_release + SYSTEMD_MARGIN);
                     }
-                    self.systemd
-                        .status(&format!("draining: {} live", count.live));
                     let next = self.drain.on_count(count, now);
                     actions.extend(self.carry_out(next)?);
                 }
@@ -187,7 +179,8 @@ impl Guard {
                 self.progress.report_stragglers(&self.programs, count);
             }
         }
-        self.systemd
+        self.progress
+            .systemd()
             .extend_timeout(self.after_release + SYSTEMD_MARGIN);
         Ok(())
     }

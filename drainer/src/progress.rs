@@ -1,5 +1,6 @@
-//! Drain progress in the log: the count at drain start, each change at most once a second with
-//! the oldest live connections, and the stragglers when the deadline cuts the drain.
+//! Drain progress in the log and in systemd's STATUS=: the count at drain start, each change at
+//! most once a second with the oldest live connections, and the stragglers when the deadline cuts
+//! the drain.
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
@@ -9,6 +10,7 @@ use crate::{
     drain::Count,
     programs::{PortCount, Programs},
     sock_diag::SockDiag,
+    systemd::Systemd,
 };
 
 /// Progress lines are at most this frequent.
@@ -20,6 +22,7 @@ const STRAGGLERS_SHOWN: usize = 100;
 
 pub struct Progress {
     diag: SockDiag,
+    systemd: Systemd,
     last_logged: Option<Instant>,
     last_live: Option<i64>,
     /// The count changed since the last line; log it at `next_line_at`.
@@ -28,9 +31,10 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn new(diag: SockDiag) -> Self {
+    pub fn new(diag: SockDiag, systemd: Systemd) -> Self {
         Self {
             diag,
+            systemd,
             last_logged: None,
             last_live: None,
             pending: false,
@@ -82,10 +86,15 @@ impl Progress {
         }
     }
 
+    pub fn systemd(&self) -> &Systemd {
+        &self.systemd
+    }
+
     fn log_line(&mut self, programs: &Programs, live: i64, now: Instant) {
         self.pending = false;
         self.last_logged = Some(now);
         self.last_live = Some(live);
+        self.systemd.status(&format!("draining: {live} live"));
         if live <= 0 {
             return;
         }
