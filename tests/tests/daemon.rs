@@ -425,3 +425,72 @@ fn drain_wait_exits_3_when_the_deadline_cuts_the_drain_and_4_when_released_early
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn release_signals_the_pidfile_process_and_every_process_of_the_cgroup() {
+    require_root();
+    let netns = TestNetns::create();
+    let dir = TempDir::create("release-target");
+    let pidfile = dir.path().join("app.pid");
+    let signal_server = |port: &str| {
+        let mut command = netns.command(python());
+        command.arg(script("signal_server.py")).arg(port);
+        let server = Process::spawn("signal_server", command);
+        server.wait_for("listening", Duration::from_secs(20));
+        server
+    };
+
+    // --release-pidfile: the pid is read at release time.
+    let app = signal_server("8000");
+    std::fs::write(&pidfile, format!("{}\n", app.pid())).unwrap();
+    let socket = socket_arg(&dir);
+    let _daemon = drainer_daemon(
+        &netns,
+        &[
+            "--port",
+            "8000",
+            "--control-socket",
+            &socket,
+            "--release-pidfile",
+            pidfile.to_str().unwrap(),
+        ],
+    );
+    let (code, _, stderr) = drainer_client(&["drain", "--wait", "--socket", &socket]);
+    assert_eq!(code, 0, "{stderr}");
+    app.wait_for("got SIGTERM", Duration::from_secs(5));
+
+    // --release-cgroup with --release-signal: every process of the cgroup hears it.
+    let cgroup_root = drainer::cgroup::cgroup2_root().unwrap();
+    let cgroup = cgroup_root.join(format!("drainer-test-{}", std::process::id()));
+    std::fs::create_dir_all(&cgroup).unwrap();
+    let workers: Vec<Process> = ["8001", "8002"].into_iter().map(signal_server).collect();
+    for worker in &workers {
+        std::fs::write(cgroup.join("cgroup.procs"), worker.pid().to_string()).unwrap();
+    }
+    let other_dir = TempDir::create("release-cgroup");
+    let other_socket = socket_arg(&other_dir);
+    let _other = drainer_daemon(
+        &netns,
+        &[
+            "--port",
+            "8001",
+            "--control-socket",
+            &other_socket,
+            "--release-cgroup",
+            cgroup.to_str().unwrap(),
+            "--release-signal",
+            "SIGUSR1",
+        ],
+    );
+    let (code, _, stderr) = drainer_client(&["drain", "--wait", "--socket", &other_socket]);
+    assert_eq!(code, 0, "{stderr}");
+    for worker in &workers {
+        worker.wait_for("got SIGUSR1", Duration::from_secs(5));
+    }
+    drop(workers);
+    // Killed processes leave the cgroup once reaped; then it can go.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::remove_dir(&cgroup).is_err() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+}
