@@ -13,6 +13,18 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 1 << 20;
 pub const SWITCH_DRAINING: u32 = 0;
 pub const SWITCH_COUNT: u32 = 1;
 
+/// The TCP states (`TCP_*` in include/net/tcp_states.h) a full socket passes through between
+/// ESTABLISHED and CLOSE: a server-side connection in any of them is live — counted by the
+/// programs, and looked up by userspace for peers.
+pub const LIVE_TCP_STATES: [u8; 6] = [
+    1,  // ESTABLISHED
+    4,  // FIN_WAIT1
+    5,  // FIN_WAIT2
+    8,  // CLOSE_WAIT
+    9,  // LAST_ACK
+    11, // CLOSING
+];
+
 /// Per-port counters, written only by the kernel side (atomic adds), read by userspace.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

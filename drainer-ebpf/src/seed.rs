@@ -9,6 +9,8 @@
 //! Cost: runs only when drainer starts; no per-packet cost.
 use aya_ebpf::helpers::bpf_get_socket_cookie;
 
+use drainer_common::LIVE_TCP_STATES;
+
 use crate::tracking::{port_slot, track};
 
 /// `struct bpf_iter__tcp`.
@@ -31,25 +33,9 @@ pub struct SockCommonHead {
     state: u8,
 }
 
-const TCP_ESTABLISHED: u8 = 1;
-const TCP_FIN_WAIT1: u8 = 4;
-const TCP_FIN_WAIT2: u8 = 5;
-const TCP_CLOSE_WAIT: u8 = 8;
-const TCP_LAST_ACK: u8 = 9;
-const TCP_CLOSING: u8 = 11;
-
-/// The states a connection passes through between ESTABLISHED and CLOSE on a full socket; a
-/// connection in any of them would have been counted had drainer seen it established.
-fn between_established_and_close(state: u8) -> bool {
-    matches!(
-        state,
-        TCP_ESTABLISHED
-            | TCP_FIN_WAIT1
-            | TCP_FIN_WAIT2
-            | TCP_CLOSE_WAIT
-            | TCP_LAST_ACK
-            | TCP_CLOSING
-    )
+/// A connection in one of these states would have been counted had drainer seen it established.
+fn live(state: u8) -> bool {
+    LIVE_TCP_STATES.contains(&state)
 }
 
 #[unsafe(no_mangle)]
@@ -62,7 +48,7 @@ pub extern "C" fn seed_established(ctx: *mut TcpIterContext) -> i32 {
     }
     // SAFETY: non-null BTF pointer to a sock_common; the fields read are in its stable head.
     let (state, port) = unsafe { ((*sk).state, (*sk).num) };
-    if !between_established_and_close(state) {
+    if !live(state) {
         return 0;
     }
     let Some(slot) = port_slot(port) else {

@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use drainer_common::LIVE_TCP_STATES;
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLMSG_ERROR: u16 = 2;
@@ -22,8 +23,16 @@ const REQUEST_LEN: usize = NLMSG_HEADER_LEN + 56;
 /// family, state, timer, retrans, then `struct inet_diag_sockid` (48 bytes) and five u32s.
 const DIAG_MSG_MIN_LEN: usize = 4 + 48 + 20;
 
-/// TCP states from ESTABLISHED to CLOSE on a full socket, as an `idiag_states` bit mask.
-const LIVE_STATES: u32 = (1 << 1) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 11);
+/// [`LIVE_TCP_STATES`] as an `idiag_states` bit mask.
+const LIVE_STATES: u32 = {
+    let mut mask = 0;
+    let mut i = 0;
+    while i < LIVE_TCP_STATES.len() {
+        mask |= 1 << LIVE_TCP_STATES[i];
+        i += 1;
+    }
+    mask
+};
 
 /// One server-side TCP socket as sock_diag reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
