@@ -41,6 +41,15 @@ enum Command {
     Test,
     /// Formatting and clippy.
     Lint,
+    /// Benchmarks, side by side with the limit and the peers; writes bench/results/.
+    Bench {
+        /// Under a minute.
+        #[arg(long)]
+        quick: bool,
+        /// Only these measurements (rate, throughput, release, activation, scale, idle).
+        #[arg(long)]
+        only: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,6 +72,7 @@ fn dispatch(command: Command) -> Result<()> {
         }
         Command::Test => test(),
         Command::Lint => lint(),
+        Command::Bench { quick, only } => bench(quick, only.as_deref()),
     }
 }
 
@@ -116,4 +126,28 @@ fn test() -> Result<()> {
         ])
         .env("DRAINER_BIN", &binary)
         .env("DRAINER_TEST_PYTHON", &python))
+}
+
+fn bench(quick: bool, only: Option<&str>) -> Result<()> {
+    if !system::is_root() {
+        bail!(
+            "the benchmarks load eBPF programs and create network namespaces: run `sudo ./x bench`"
+        );
+    }
+    system::ensure_packages(&[("ip", "iproute2"), ("nft", "nftables")])?;
+    let drainer = build(true)?;
+    run(cargo().args(["build", "--release", "--package", "drainer-bench"]))?;
+    let mut bench = std::process::Command::new(cmd::target_dir()?.join("release/drainer-bench"));
+    bench
+        .args(["run", "--out"])
+        .arg(cmd::workspace_root().join("bench/results"));
+    if quick {
+        bench.arg("--quick");
+    }
+    if let Some(only) = only {
+        bench.args(["--only", only]);
+    }
+    run(bench
+        .env("DRAINER_BIN", drainer)
+        .current_dir(cmd::workspace_root()))
 }

@@ -1,0 +1,106 @@
+//! The test bed: a network namespace tuned for connection churn, the servers in it, and drainer
+//! (or the peers) attached to it.
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    process::Command,
+    time::Duration,
+};
+
+use drainer_integration::{TempDir, drainer_bin, netns::TestNetns, process::Process};
+
+pub const PORT: u16 = 8000;
+
+pub struct Bed {
+    pub netns: TestNetns,
+    pub dir: TempDir,
+}
+
+impl Bed {
+    pub fn create(name: &str) -> Self {
+        let netns = TestNetns::create();
+        // Client churn: a wide ephemeral range, and TIME_WAIT ports reused for new connections.
+        for (key, value) in [
+            ("net.ipv4.ip_local_port_range", "1024 65535"),
+            ("net.ipv4.tcp_tw_reuse", "1"),
+            ("net.core.somaxconn", "65535"),
+            ("net.ipv4.tcp_max_syn_backlog", "65535"),
+        ] {
+            let status = netns
+                .command("sysctl")
+                .args(["-q", "-w", &format!("{key}={value}")])
+                .status();
+            assert!(status.is_ok_and(|s| s.success()), "sysctl {key}");
+        }
+        Self {
+            netns,
+            dir: TempDir::create(name),
+        }
+    }
+
+    pub fn server_addr(&self) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), PORT)
+    }
+
+    /// `drainer-bench ROLE ARGS` inside the namespace, once it printed `ready_line`.
+    pub fn role(&self, args: &[&str], ready_line: &str) -> Process {
+        let mut command = self
+            .netns
+            .command(std::env::current_exe().expect("own path"));
+        command.args(args);
+        let process = Process::spawn(args[0], command);
+        process.wait_for(ready_line, Duration::from_secs(30));
+        process
+    }
+
+    /// `drainer daemon` guarding the port, once attached.
+    pub fn daemon(&self) -> Process {
+        let socket = self.dir.path().join("drainer.sock");
+        let mut command = self.netns.command(drainer_bin());
+        command
+            .args(["daemon", "--port", &PORT.to_string(), "--control-socket"])
+            .arg(&socket)
+            .env("DRAINER_LOG", "info");
+        let daemon = Process::spawn("drainer daemon", command);
+        daemon.wait_for("control socket", Duration::from_secs(60));
+        daemon
+    }
+
+    /// A REJECT-on-drain nftables ruleset, loaded while serving: a rule on every incoming packet
+    /// matching SYNs to the ports in a set that stays empty until a drain.
+    pub fn load_nft_reject(&self) {
+        let ruleset = format!(
+            "table inet drain {{\n set draining {{ type inet_service; }}\n chain input {{ type filter hook input priority 0;\n  tcp dport @draining tcp flags & (syn | ack) == syn reject with tcp reset\n }}\n}}\n"
+        );
+        let path = self.dir.path().join("drain.nft");
+        std::fs::write(&path, ruleset).unwrap();
+        run(self.netns.command("nft").arg("-f").arg(&path));
+    }
+
+    pub fn unload_nft(&self) {
+        run(self
+            .netns
+            .command("nft")
+            .args(["delete", "table", "inet", "drain"]));
+    }
+
+    /// Established connections to the port, as `ss` counts them.
+    pub fn ss_count(&self) -> usize {
+        let output = self
+            .netns
+            .command("ss")
+            .args([
+                "-Htn",
+                "state",
+                "established",
+                &format!("( sport = :{PORT} )"),
+            ])
+            .output()
+            .expect("ss (iproute2)");
+        output.stdout.iter().filter(|&&b| b == b'\n').count()
+    }
+}
+
+fn run(command: &mut Command) {
+    let status = command.status().expect("spawn");
+    assert!(status.success(), "{command:?} failed");
+}

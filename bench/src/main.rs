@@ -1,0 +1,211 @@
+//! `drainer-bench`: drainer measured against the limit and its peers, in one run. Started by
+//! `cargo xtask bench` (as root); also the servers, child and poll-based peer the runs start.
+mod bed;
+mod clock;
+mod load;
+mod measure;
+mod report;
+mod roles;
+mod stats;
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::{bed::Bed, measure::Variant, report::Row};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Role,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// Run the benchmarks and write the results.
+    Run {
+        /// Under a minute: fewer rounds and drains, the smallest scale point.
+        #[arg(long)]
+        quick: bool,
+        /// Where latest.md and latest.svg go.
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+        /// Only these measurements (rate, throughput, release, activation, scale, idle).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
+    #[command(hide = true)]
+    ServeRequests { addr: SocketAddr, workers: usize },
+    #[command(hide = true)]
+    ServeSink { addr: SocketAddr },
+    #[command(hide = true)]
+    ServeHold { addr: SocketAddr },
+    #[command(hide = true)]
+    Child { addr: SocketAddr },
+    #[command(hide = true)]
+    PollRun {
+        #[arg(long)]
+        port: u16,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Role::Run { quick, out, only } => run(quick, &out, &only),
+        Role::ServeRequests { addr, workers } => roles::serve_requests(addr, workers),
+        Role::ServeSink { addr } => roles::serve_sink(addr),
+        Role::ServeHold { addr } => roles::serve_hold(addr),
+        Role::Child { addr } => roles::child(addr),
+        Role::PollRun { port, command } => roles::poll_run(port, &command),
+    }
+}
+
+struct Plan {
+    rounds: usize,
+    duration: Duration,
+    drains: usize,
+    scale: &'static [usize],
+    idle: Duration,
+}
+
+fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    let plan = if quick {
+        Plan {
+            rounds: 3,
+            duration: Duration::from_millis(700),
+            drains: 20,
+            scale: &[10_000],
+            idle: Duration::from_secs(3),
+        }
+    } else {
+        Plan {
+            rounds: 7,
+            duration: Duration::from_secs(3),
+            drains: 200,
+            scale: &[10_000, 100_000, 1_000_000],
+            idle: Duration::from_secs(10),
+        }
+    };
+    let date = String::from_utf8_lossy(
+        &std::process::Command::new("date")
+            .arg("-u")
+            .arg("+%Y-%m-%d %H:%M UTC")
+            .output()?
+            .stdout,
+    )
+    .trim()
+    .to_owned();
+    let mut rows = Vec::new();
+
+    if wanted("rate") {
+        eprintln!("bench: 1/6 new-connection rate");
+        let rate = measure::connection_rate(&Bed::create("rate"), plan.rounds, plan.duration);
+        let drainer_rate = rate.ratio(Variant::Drainer);
+        rows.push(Row {
+            measurement: "1. new connections/s (connect, 16 B request, close)".into(),
+            result: format!(
+                "drainer {:.0}/s = **{:.3}** × limit {:.0}/s; nftables REJECT rule {:.3} × limit",
+                rate.median(Variant::Drainer),
+                drainer_rate,
+                rate.median(Variant::Bare),
+                rate.ratio(Variant::Nftables)
+            ),
+            goal: "≥ 0.99 × limit".into(),
+            met: drainer_rate >= 0.99,
+            ratio: Some(("1. connection rate".into(), drainer_rate, 0.99)),
+        });
+    }
+    if wanted("throughput") {
+        eprintln!("bench: 2/6 established throughput");
+        let flow = measure::throughput(&Bed::create("throughput"), plan.rounds, plan.duration);
+        let flow_ratio = flow.ratio(Variant::Drainer);
+        rows.push(Row {
+            measurement: "2. established-flow throughput (4 streams)".into(),
+            result: format!(
+                "drainer {:.2} GB/s = **{:.3}** × {:.2} GB/s without",
+                flow.median(Variant::Drainer) / 1e9,
+                flow_ratio,
+                flow.median(Variant::Bare) / 1e9
+            ),
+            goal: "≥ 0.995".into(),
+            met: flow_ratio >= 0.995,
+            ratio: Some(("2. throughput".into(), flow_ratio, 0.995)),
+        });
+    }
+    if wanted("release") {
+        eprintln!("bench: 3/6 release latency ({} drains each)", plan.drains);
+        let (ours, peer) = measure::release_latency(&Bed::create("release"), plan.drains);
+        rows.push(Row {
+        measurement: format!("3. release latency, last close → child signalled ({} drains each)", ours.count),
+        result: format!(
+            "drainer p50 {:.3} / p99 {:.3} / max {:.3} ms; 100 ms sock_diag poller p50 {:.1} / p99 {:.1} / max {:.1} ms",
+            ours.p50, ours.p99, ours.max, peer.p50, peer.p99, peer.max
+        ),
+        goal: "p99 ≤ 1 ms".into(),
+        met: ours.p99 <= 1.0,
+        ratio: None,
+    });
+    }
+    if wanted("activation") {
+        eprintln!("bench: 4/6 refusal activation ({} drains)", plan.drains);
+        let activation = measure::refusal_activation(&Bed::create("activation"), plan.drains);
+        rows.push(Row {
+            measurement: format!(
+                "4. refusal activation, SIGTERM → first refused connect ({} drains)",
+                activation.count
+            ),
+            result: format!(
+                "p50 {:.3} / p99 {:.3} / max {:.3} ms",
+                activation.p50, activation.p99, activation.max
+            ),
+            goal: "p99 ≤ 1 ms".into(),
+            met: activation.p99 <= 1.0,
+            ratio: None,
+        });
+    }
+    for &connections in plan.scale.iter().filter(|_| wanted("scale")) {
+        eprintln!("bench: 5/6 scale, {connections} connections");
+        let point = measure::scale(&Bed::create("scale"), connections);
+        let exact = point.counted == connections as i64 && point.ss == connections;
+        rows.push(Row {
+            measurement: format!("5. {connections} concurrent connections"),
+            result: format!(
+                "counted {} (ss {}); map {:.1} MiB = {:.0} B/connection above the empty map; daemon RSS {:.1} MiB; attach + seed {:.0} ms",
+                point.counted,
+                point.ss,
+                point.map_bytes as f64 / 1048576.0,
+                point.map_bytes_per_connection,
+                point.daemon_rss_bytes as f64 / 1048576.0,
+                point.attach_and_seed.as_secs_f64() * 1e3
+            ),
+            goal: "exact; ≤ 64 B/connection; RSS ≤ 16 MiB".into(),
+            met: exact && point.map_bytes_per_connection <= 64.0 && point.daemon_rss_bytes <= 16 << 20,
+            ratio: None,
+        });
+    }
+
+    if wanted("idle") {
+        eprintln!("bench: 6/6 idle cost");
+        let idle = measure::idle(&Bed::create("idle"), plan.idle);
+        rows.push(Row {
+            measurement: format!("6. idle daemon over {:.0} s", idle.window.as_secs_f64()),
+            result: format!(
+                "{:.2} wakeups/s, {:.3} s CPU",
+                idle.wakeups_per_second, idle.cpu_seconds
+            ),
+            goal: "0 wakeups/s".into(),
+            met: idle.wakeups_per_second == 0.0,
+            ratio: None,
+        });
+    }
+
+    let machine = report::machine();
+    let markdown = report::markdown(&date, &machine, if quick { " --quick" } else { "" }, &rows);
+    report::write(out, &markdown, &report::svg(&date, &rows))?;
+    println!("{markdown}");
+    Ok(())
+}

@@ -1,0 +1,400 @@
+//! The six measurements. Each alternates its variants round by round, so machine noise falls on
+//! all of them alike, and returns what it measured.
+use std::{
+    io::ErrorKind,
+    net::TcpStream,
+    sync::atomic::{AtomicU64, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use drainer_integration::{drainer_bin, process::Process};
+use nix::sys::signal::Signal;
+
+use crate::{
+    bed::{Bed, PORT},
+    clock::monotonic_ns,
+    load::{self, source},
+    roles::{connect_from, raise_fd_limit},
+    stats::{Latencies, median},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// Nothing attached: the limit.
+    Bare,
+    /// drainer attached and serving.
+    Drainer,
+    /// An nftables REJECT rule in place while serving.
+    Nftables,
+}
+
+/// Sets a variant up for the length of a closure.
+fn with_variant<T>(bed: &Bed, variant: Variant, work: impl FnOnce() -> T) -> T {
+    match variant {
+        Variant::Bare => work(),
+        Variant::Drainer => {
+            let daemon = bed.daemon();
+            let result = work();
+            drop(daemon);
+            result
+        }
+        Variant::Nftables => {
+            bed.load_nft_reject();
+            let result = work();
+            bed.unload_nft();
+            result
+        }
+    }
+}
+
+/// Per-variant samples, in the order the variants were given.
+pub struct Samples {
+    pub variants: Vec<(Variant, Vec<f64>)>,
+}
+
+impl Samples {
+    /// Median over rounds of (variant / first variant), measured in the same round.
+    pub fn ratio(&self, variant: Variant) -> f64 {
+        let base = &self.variants[0].1;
+        let values = &self
+            .variants
+            .iter()
+            .find(|(v, _)| *v == variant)
+            .expect("variant")
+            .1;
+        median(
+            &values
+                .iter()
+                .zip(base)
+                .map(|(v, b)| v / b)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    pub fn median(&self, variant: Variant) -> f64 {
+        median(
+            &self
+                .variants
+                .iter()
+                .find(|(v, _)| *v == variant)
+                .expect("variant")
+                .1,
+        )
+    }
+}
+
+fn alternate(
+    rounds: usize,
+    variants: &[Variant],
+    mut measure: impl FnMut(Variant) -> f64,
+) -> Samples {
+    let mut samples: Vec<(Variant, Vec<f64>)> = variants.iter().map(|v| (*v, Vec::new())).collect();
+    for round in 0..rounds {
+        for k in 0..variants.len() {
+            let index = (round + k) % variants.len();
+            let value = measure(variants[index]);
+            samples[index].1.push(value);
+        }
+    }
+    Samples { variants: samples }
+}
+
+/// 1. New connections per second against a simple server.
+pub fn connection_rate(bed: &Bed, rounds: usize, duration: Duration) -> Samples {
+    let _server = bed.role(
+        &["serve-requests", &bed.server_addr().to_string(), "4"],
+        "listening",
+    );
+    let to = bed.server_addr();
+    alternate(
+        rounds,
+        &[Variant::Bare, Variant::Drainer, Variant::Nftables],
+        |variant| {
+            with_variant(bed, variant, || {
+                bed.netns.run(|| load::connection_rate(to, 4, duration))
+            })
+        },
+    )
+}
+
+/// 2. Bytes per second over established connections.
+pub fn throughput(bed: &Bed, rounds: usize, duration: Duration) -> Samples {
+    let _server = bed.role(&["serve-sink", &bed.server_addr().to_string()], "listening");
+    let to = bed.server_addr();
+    alternate(rounds, &[Variant::Bare, Variant::Drainer], |variant| {
+        let mut streams: Vec<TcpStream> = (0..4)
+            .map(|_| bed.netns.connect(to).expect("connect"))
+            .collect();
+        with_variant(bed, variant, || {
+            bed.netns.run(|| load::throughput(&mut streams, duration))
+        })
+    })
+}
+
+/// 3. Release latency: the supervised server closes its last connection → it receives its stop
+/// signal. drainer against the poll-based peer, alternating, `drains` of each.
+pub fn release_latency(bed: &Bed, drains: usize) -> (Latencies, Latencies) {
+    let addr = bed.server_addr().to_string();
+    let me = std::env::current_exe().expect("own path");
+    let me = me.to_str().unwrap();
+    let mut drainer = Vec::new();
+    let mut peer = Vec::new();
+    for round in 0..drains * 2 {
+        let with_drainer = round % 2 == 0;
+        let mut command = if with_drainer {
+            let mut command = bed.netns.command(drainer_bin());
+            command.args(["run", "--port", &PORT.to_string(), "--", me, "child", &addr]);
+            command.env("DRAINER_LOG", "info");
+            command
+        } else {
+            let mut command = bed.netns.command(me);
+            command.args([
+                "poll-run",
+                "--port",
+                &PORT.to_string(),
+                "--",
+                me,
+                "child",
+                &addr,
+            ]);
+            command
+        };
+        command.env_remove("NOTIFY_SOCKET");
+        let mut supervisor = Process::spawn("supervisor", command);
+        supervisor.wait_for("listening", Duration::from_secs(30));
+        let client = bed
+            .netns
+            .connect(bed.server_addr())
+            .expect("connect to the child");
+        supervisor.signal(Signal::SIGTERM);
+        supervisor.wait_for(
+            if with_drainer {
+                "draining: refusing"
+            } else {
+                "polling"
+            },
+            Duration::from_secs(10),
+        );
+        drop(client);
+        supervisor.wait(Duration::from_secs(30));
+        let number = |prefix: &str| -> u64 {
+            let line = supervisor.wait_for(prefix, Duration::from_secs(1)).text;
+            line.trim_start_matches(prefix)
+                .trim()
+                .parse()
+                .expect("a time")
+        };
+        let latency = Duration::from_nanos(number("signalled").saturating_sub(number("closed")));
+        if with_drainer {
+            drainer.push(latency)
+        } else {
+            peer.push(latency)
+        }
+    }
+    (Latencies::of(&drainer), Latencies::of(&peer))
+}
+
+/// 4. Refusal activation: drain signal → the first refused connect.
+pub fn refusal_activation(bed: &Bed, drains: usize) -> Latencies {
+    let _server = bed.role(
+        &["serve-requests", &bed.server_addr().to_string(), "2"],
+        "listening",
+    );
+    let to = bed.server_addr();
+    let mut samples = Vec::new();
+    for _ in 0..drains {
+        let mut daemon = bed.daemon();
+        let refused_at = AtomicU64::new(0);
+        bed.netns.run(|| {
+            thread::scope(|scope| {
+                let spinner = scope.spawn(|| {
+                    let give_up = Instant::now() + Duration::from_secs(5);
+                    let mut other = Vec::new();
+                    // A probe every ~100 µs, each bounded: a SYN the busy server's full backlog
+                    // drops must not stall the probe past the drain.
+                    while Instant::now() < give_up {
+                        match TcpStream::connect_timeout(&to, Duration::from_millis(20)) {
+                            Err(err) if err.kind() == ErrorKind::ConnectionRefused => {
+                                refused_at.store(monotonic_ns(), Ordering::SeqCst);
+                                return other;
+                            }
+                            Err(err) if !other.contains(&err.kind()) => other.push(err.kind()),
+                            Err(_) | Ok(_) => {}
+                        }
+                        thread::sleep(Duration::from_micros(100));
+                    }
+                    refused_at.store(u64::MAX, Ordering::SeqCst);
+                    other
+                });
+                thread::sleep(Duration::from_millis(20));
+                let signalled = monotonic_ns();
+                daemon.signal(Signal::SIGTERM);
+                let other = spinner.join().expect("spinner");
+                let refused = refused_at.load(Ordering::SeqCst);
+                assert!(
+                    refused != u64::MAX,
+                    "no connection was refused within 5 s of SIGTERM; other errors: {other:?}"
+                );
+                samples.push(Duration::from_nanos(refused - signalled));
+            });
+        });
+        daemon.wait(Duration::from_secs(10));
+    }
+    Latencies::of(&samples)
+}
+
+/// 5. One scale point.
+#[derive(Debug)]
+pub struct Scale {
+    pub counted: i64,
+    pub ss: usize,
+    pub attach_and_seed: Duration,
+    /// Kernel memory of the connection map, total and per connection above the empty map.
+    pub map_bytes: u64,
+    pub map_bytes_per_connection: f64,
+    pub daemon_rss_bytes: u64,
+}
+
+pub fn scale(bed: &Bed, connections: usize) -> Scale {
+    raise_fd_limit();
+    let server = bed.role(&["serve-hold", &bed.server_addr().to_string()], "listening");
+    let empty = bed.daemon();
+    let empty_map = map_memlock(empty.pid().as_raw());
+    drop(empty);
+
+    let to = bed.server_addr();
+    let threads = 8;
+    let held: Vec<TcpStream> = bed.netns.run(|| {
+        thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    scope.spawn(move || {
+                        let share = connections / threads + usize::from(t < connections % threads);
+                        // 60,000 connections per source address keeps within one port range.
+                        (0..share)
+                            .map(|i| {
+                                connect_from(source(t * 1000 + i / 60_000), to).expect("connect")
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        })
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while bed.ss_count() < connections && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(200));
+    }
+
+    let started = drainer_integration::monotonic_now();
+    let daemon = bed.daemon();
+    let attached = daemon.wait_for("control socket", Duration::from_secs(1)).at;
+    let status = drainer_integration::status_json(&bed.dir.path().join("drainer.sock"));
+    let map_bytes = map_memlock(daemon.pid().as_raw());
+    let result = Scale {
+        counted: status["live"].as_i64().unwrap_or(-1),
+        ss: bed.ss_count(),
+        attach_and_seed: Duration::from_secs_f64(attached - started),
+        map_bytes,
+        map_bytes_per_connection: (map_bytes.saturating_sub(empty_map)) as f64 / connections as f64,
+        daemon_rss_bytes: rss(daemon.pid().as_raw()),
+    };
+    drop(daemon);
+    drop(held);
+    drop(server);
+    result
+}
+
+/// `memlock:` of the daemon's connection map (the hash map with 1 Mi entries), from fdinfo.
+fn map_memlock(pid: i32) -> u64 {
+    let dir = format!("/proc/{pid}/fdinfo");
+    for entry in std::fs::read_dir(&dir).expect("fdinfo").flatten() {
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+        };
+        if field("map_type:") == Some("1") && field("max_entries:") == Some("1048576") {
+            return field("memlock:").and_then(|v| v.parse().ok()).unwrap_or(0);
+        }
+    }
+    0
+}
+
+fn rss(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// 6. Idle cost over `window`: wakeups per second (context switches of all threads) and CPU.
+#[derive(Debug)]
+pub struct Idle {
+    pub wakeups_per_second: f64,
+    pub cpu_seconds: f64,
+    pub window: Duration,
+}
+
+pub fn idle(bed: &Bed, window: Duration) -> Idle {
+    let _server = bed.role(
+        &["serve-requests", &bed.server_addr().to_string(), "1"],
+        "listening",
+    );
+    let daemon = bed.daemon();
+    let pid = daemon.pid().as_raw();
+    thread::sleep(Duration::from_millis(500));
+    let (switches0, cpu0) = (context_switches(pid), cpu_seconds(pid));
+    thread::sleep(window);
+    let (switches1, cpu1) = (context_switches(pid), cpu_seconds(pid));
+    Idle {
+        wakeups_per_second: (switches1 - switches0) as f64 / window.as_secs_f64(),
+        cpu_seconds: cpu1 - cpu0,
+        window,
+    }
+}
+
+fn context_switches(pid: i32) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .flatten()
+    {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .filter(|l| {
+                l.starts_with("voluntary_ctxt_switches:")
+                    || l.starts_with("nonvoluntary_ctxt_switches:")
+            })
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    total
+}
+
+fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
