@@ -68,9 +68,13 @@ impl Bed {
     /// A REJECT-on-drain nftables ruleset, loaded while serving: a rule on every incoming packet
     /// matching SYNs to the ports in a set that stays empty until a drain.
     pub fn load_nft_reject(&self) {
-        let ruleset = format!(
-            "table inet drain {{\n set draining {{ type inet_service; }}\n chain input {{ type filter hook input priority 0;\n  tcp dport @draining tcp flags & (syn | ack) == syn reject with tcp reset\n }}\n}}\n"
-        );
+        let ruleset = "table inet drain {
+ set draining { type inet_service; }
+ chain input { type filter hook input priority 0;
+  tcp dport @draining tcp flags & (syn | ack) == syn reject with tcp reset
+ }
+}
+";
         let path = self.dir.path().join("drain.nft");
         std::fs::write(&path, ruleset).unwrap();
         run(self.netns.command("nft").arg("-f").arg(&path));

@@ -40,7 +40,13 @@ enum Role {
     #[command(hide = true)]
     ServeSink { addr: SocketAddr },
     #[command(hide = true)]
-    ServeHold { addr: SocketAddr },
+    ServeHold { addr: SocketAddr, listeners: usize },
+    #[command(hide = true)]
+    HoldClients {
+        addr: SocketAddr,
+        count: usize,
+        first_source: usize,
+    },
     #[command(hide = true)]
     Child { addr: SocketAddr },
     #[command(hide = true)]
@@ -57,7 +63,12 @@ fn main() -> Result<()> {
         Role::Run { quick, out, only } => run(quick, &out, &only),
         Role::ServeRequests { addr, workers } => roles::serve_requests(addr, workers),
         Role::ServeSink { addr } => roles::serve_sink(addr),
-        Role::ServeHold { addr } => roles::serve_hold(addr),
+        Role::ServeHold { addr, listeners } => roles::serve_hold(addr, listeners),
+        Role::HoldClients {
+            addr,
+            count,
+            first_source,
+        } => roles::hold_clients(addr, count, first_source),
         Role::Child { addr } => roles::child(addr),
         Role::PollRun { port, command } => roles::poll_run(port, &command),
     }

@@ -14,8 +14,8 @@ use nix::sys::signal::Signal;
 use crate::{
     bed::{Bed, PORT},
     clock::monotonic_ns,
-    load::{self, source},
-    roles::{connect_from, raise_fd_limit},
+    load,
+    roles::raise_fd_limit,
     stats::{Latencies, median},
 };
 
@@ -100,7 +100,7 @@ fn alternate(
     Samples { variants: samples }
 }
 
-/// 1. New connections per second against a simple server.
+/// Measurement 1: New connections per second against a simple server.
 pub fn connection_rate(bed: &Bed, rounds: usize, duration: Duration) -> Samples {
     let _server = bed.role(
         &["serve-requests", &bed.server_addr().to_string(), "4"],
@@ -118,7 +118,7 @@ pub fn connection_rate(bed: &Bed, rounds: usize, duration: Duration) -> Samples 
     )
 }
 
-/// 2. Bytes per second over established connections.
+/// Measurement 2: Bytes per second over established connections.
 pub fn throughput(bed: &Bed, rounds: usize, duration: Duration) -> Samples {
     let _server = bed.role(&["serve-sink", &bed.server_addr().to_string()], "listening");
     let to = bed.server_addr();
@@ -132,7 +132,7 @@ pub fn throughput(bed: &Bed, rounds: usize, duration: Duration) -> Samples {
     })
 }
 
-/// 3. Release latency: the supervised server closes its last connection → it receives its stop
+/// Measurement 3: Release latency: the supervised server closes its last connection, then receives its stop
 /// signal. drainer against the poll-based peer, alternating, `drains` of each.
 pub fn release_latency(bed: &Bed, drains: usize) -> (Latencies, Latencies) {
     let addr = bed.server_addr().to_string();
@@ -195,7 +195,7 @@ pub fn release_latency(bed: &Bed, drains: usize) -> (Latencies, Latencies) {
     (Latencies::of(&drainer), Latencies::of(&peer))
 }
 
-/// 4. Refusal activation: drain signal → the first refused connect.
+/// Measurement 4: Refusal activation: drain signal → the first refused connect.
 pub fn refusal_activation(bed: &Bed, drains: usize) -> Latencies {
     let _server = bed.role(
         &["serve-requests", &bed.server_addr().to_string(), "2"],
@@ -244,7 +244,7 @@ pub fn refusal_activation(bed: &Bed, drains: usize) -> Latencies {
     Latencies::of(&samples)
 }
 
-/// 5. One scale point.
+/// Measurement 5: One scale point.
 #[derive(Debug)]
 pub struct Scale {
     pub counted: i64,
@@ -257,38 +257,35 @@ pub struct Scale {
 }
 
 pub fn scale(bed: &Bed, connections: usize) -> Scale {
-    raise_fd_limit();
-    let server = bed.role(&["serve-hold", &bed.server_addr().to_string()], "listening");
+    // Clients in processes of at most `per_process` descriptors each; servers that never accept.
+    let per_process = (raise_fd_limit() as usize).saturating_sub(100).min(40_000);
+    let addr = bed.server_addr().to_string();
+    let listeners = (connections / 30_000 + 1).to_string();
+    let server = bed.role(&["serve-hold", &addr, &listeners], "listening");
     let empty = bed.daemon();
     let empty_map = map_memlock(empty.pid().as_raw());
     drop(empty);
 
-    let to = bed.server_addr();
-    let threads = 8;
-    let held: Vec<TcpStream> = bed.netns.run(|| {
-        thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    scope.spawn(move || {
-                        let share = connections / threads + usize::from(t < connections % threads);
-                        // 60,000 connections per source address keeps within one port range.
-                        (0..share)
-                            .map(|i| {
-                                connect_from(source(t * 1000 + i / 60_000), to).expect("connect")
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap())
-                .collect()
-        })
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while bed.ss_count() < connections && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(200));
+    let mut clients = Vec::new();
+    let mut opened = 0;
+    while opened < connections {
+        let count = per_process.min(connections - opened);
+        // Source addresses: 50,000 connections each, fresh ones per process.
+        let first_source = (opened / per_process) * (per_process / 50_000 + 1);
+        let mut command = bed
+            .netns
+            .command(std::env::current_exe().expect("own path"));
+        command.args([
+            "hold-clients",
+            &addr,
+            &count.to_string(),
+            &first_source.to_string(),
+        ]);
+        clients.push(Process::spawn("hold-clients", command));
+        opened += count;
+    }
+    for client in &clients {
+        client.wait_for("held", Duration::from_secs(600));
     }
 
     let started = drainer_integration::monotonic_now();
@@ -305,7 +302,7 @@ pub fn scale(bed: &Bed, connections: usize) -> Scale {
         daemon_rss_bytes: rss(daemon.pid().as_raw()),
     };
     drop(daemon);
-    drop(held);
+    drop(clients);
     drop(server);
     result
 }
@@ -338,7 +335,7 @@ fn rss(pid: i32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// 6. Idle cost over `window`: wakeups per second (context switches of all threads) and CPU.
+/// Measurement 6: Idle cost over `window`: wakeups per second (context switches of all threads) and CPU.
 #[derive(Debug)]
 pub struct Idle {
     pub wakeups_per_second: f64,

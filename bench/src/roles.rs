@@ -50,23 +50,66 @@ pub fn serve_sink(addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
-/// Holds every accepted connection open, for the scale runs; prints the count every 10,000.
-pub fn serve_hold(addr: SocketAddr) -> Result<()> {
-    raise_fd_limit();
-    let listener = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
-    // A deep backlog: the scale run connects far faster than one thread accepts.
-    // SAFETY: listen(2) on our own socket.
-    unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 65535) };
-    println!("listening");
+/// The server side of the scale runs, without a descriptor per connection: `listeners`
+/// SO_REUSEPORT listeners with deep backlogs that never accept. A connection in an accept queue
+/// is fully established — the kernel, `ss` and drainer all count it.
+pub fn serve_hold(addr: SocketAddr, listeners: usize) -> Result<()> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, setsockopt, socket, sockopt,
+    };
+    let SocketAddr::V4(v4) = addr else {
+        anyhow::bail!("IPv4 only")
+    };
     let mut held = Vec::new();
-    for stream in listener.incoming() {
-        match stream {
-            Ok(stream) => held.push(stream),
-            Err(err) if err.kind() == ErrorKind::Interrupted => continue,
-            Err(err) => return Err(err.into()),
+    for _ in 0..listeners {
+        let listener = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        setsockopt(&listener, sockopt::ReusePort, &true)?;
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&listener),
+            &SockaddrIn::from(v4),
+        )?;
+        // SAFETY: listen(2) on our own socket; nix caps the backlog at SOMAXCONN's old value.
+        if unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 65535) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
         }
+        held.push(listener);
     }
-    Ok(())
+    println!("listening");
+    loop {
+        // SAFETY: pause(2) has no preconditions.
+        unsafe { libc::pause() };
+    }
+}
+
+/// The client side of the scale runs: `count` connections from source addresses starting at
+/// index `first_source`, held open until killed. Prints `held N`.
+pub fn hold_clients(to: SocketAddr, count: usize, first_source: usize) -> Result<()> {
+    raise_fd_limit();
+    let mut held = Vec::with_capacity(count);
+    for i in 0..count {
+        let source = crate::load::source(first_source + i / 50_000);
+        // A SYN dropped at a momentarily full queue costs a retransmission, not the run.
+        let stream = loop {
+            match connect_from(source, to) {
+                Ok(stream) => break stream,
+                Err(err) if err.kind() == ErrorKind::AddrNotAvailable => {
+                    anyhow::bail!("out of ports at {source}")
+                }
+                Err(_) => thread::sleep(Duration::from_millis(10)),
+            }
+        };
+        held.push(stream);
+    }
+    println!("held {}", held.len());
+    loop {
+        // SAFETY: pause(2) has no preconditions.
+        unsafe { libc::pause() };
+    }
 }
 
 static STOPPED: AtomicBool = AtomicBool::new(false);
@@ -154,12 +197,11 @@ pub fn connect_from(source: std::net::IpAddr, to: SocketAddr) -> std::io::Result
     Ok(TcpStream::from(socket))
 }
 
-/// As high as the kernel allows (fs.nr_open), for the scale runs.
-pub fn raise_fd_limit() {
-    let limit = std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(1 << 20);
-    let _ =
-        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit, limit);
+/// The soft descriptor limit raised to the hard one (raising the hard limit needs
+/// CAP_SYS_RESOURCE, which these machines do not grant); returns it.
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
+    let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    hard
 }

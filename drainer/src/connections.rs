@@ -31,13 +31,12 @@ impl fmt::Display for LiveConnection {
 
 /// Up to `limit` live connections, oldest first.
 pub fn oldest(programs: &Programs, diag: &SockDiag, limit: usize) -> Result<Vec<LiveConnection>> {
-    let mut tracked = programs.connections()?;
-    tracked.sort_by_key(|(_, connection)| connection.established_ns);
-    tracked.truncate(limit);
+    let tracked = programs.oldest_connections(limit)?;
     if tracked.is_empty() {
         return Ok(Vec::new());
     }
-    let peers = diag.sockets(programs.ports())?;
+    let cookies = tracked.iter().map(|(cookie, _)| *cookie).collect();
+    let peers = diag.sockets_among(programs.ports(), &cookies)?;
     let now = boot_time_ns()?;
     Ok(tracked
         .into_iter()

@@ -3,7 +3,11 @@
 //!
 //! Nothing is pinned: every program hangs off a link owned by this process, so when drainer exits
 //! or dies the kernel detaches them and the ports behave as if drainer had never run.
-use std::{fs::File, io::Read as _, path::Path};
+use std::{
+    fs::File,
+    io::{ErrorKind, Read as _},
+    path::Path,
+};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
@@ -57,6 +61,29 @@ fn ebpf_log_level() -> u8 {
         4
     } else {
         3
+    }
+}
+
+/// Reads an iterator to its end. The kernel may answer a read with EAGAIN while it regrows its
+/// batch of sockets (seen with a million sockets in one namespace); the walk resumes where it
+/// stopped, so such reads are retried.
+fn walk(mut iterator: File) -> std::io::Result<()> {
+    const RETRIES: u32 = 1000;
+    let mut buffer = [0u8; 4096];
+    let mut retries = 0;
+    loop {
+        match iterator.read(&mut buffer) {
+            Ok(0) => return Ok(()),
+            Ok(_) => retries = 0,
+            Err(err)
+                if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted)
+                    && retries < RETRIES =>
+            {
+                retries += 1;
+                std::thread::yield_now();
+            }
+            Err(err) => return Err(err),
+        }
     }
 }
 
@@ -162,12 +189,8 @@ impl Programs {
         let link = program.take_link(link_id)?;
         // The iterator walks the sockets of the namespace it is created in.
         netns.run_inside(move || {
-            let mut iterator = link.into_file().context("creating the TCP iterator")?;
-            let mut output = Vec::new();
-            iterator
-                .read_to_end(&mut output)
-                .context("walking the TCP sockets")?;
-            Ok(())
+            let iterator = link.into_file().context("creating the TCP iterator")?;
+            walk(iterator).context("walking the TCP sockets")
         })
     }
 
@@ -216,6 +239,24 @@ impl Programs {
             HashMap::try_from(self.map("LIVE_CONNECTIONS")?).context("LIVE_CONNECTIONS map")?;
         // An entry deleted while the walk passes it is skipped; the walk never fails for it.
         Ok(live.iter().filter_map(Result::ok).collect())
+    }
+
+    /// The `limit` oldest tracked connections, oldest first; the walk keeps only those in memory.
+    pub fn oldest_connections(&self, limit: usize) -> Result<Vec<(u64, Connection)>> {
+        let live: HashMap<_, u64, Connection> =
+            HashMap::try_from(self.map("LIVE_CONNECTIONS")?).context("LIVE_CONNECTIONS map")?;
+        let mut oldest = std::collections::BinaryHeap::with_capacity(limit + 1);
+        for (cookie, connection) in live.iter().filter_map(Result::ok) {
+            oldest.push((connection.established_ns, cookie));
+            if oldest.len() > limit {
+                oldest.pop();
+            }
+        }
+        Ok(oldest
+            .into_sorted_vec()
+            .into_iter()
+            .filter_map(|(_, cookie)| Some((cookie, live.get(&cookie, 0).ok()?)))
+            .collect())
     }
 
     pub fn ports(&self) -> &[u16] {

@@ -4,7 +4,7 @@
 //! The kernel side records cookies and times only; peers are looked up here when a report needs
 //! them, which keeps each tracked connection small and costs nothing while serving.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
@@ -69,11 +69,29 @@ impl SockDiag {
 
     /// Every live TCP socket whose local port is one of `ports`, by socket cookie.
     pub fn sockets(&self, ports: &[u16]) -> Result<HashMap<u64, DiagSocket>> {
+        self.sockets_where(ports, |_| true)
+    }
+
+    /// The sockets among those whose cookie is in `cookies`: memory stays bounded by the set, not
+    /// by the number of sockets the namespace holds.
+    pub fn sockets_among(
+        &self,
+        ports: &[u16],
+        cookies: &HashSet<u64>,
+    ) -> Result<HashMap<u64, DiagSocket>> {
+        self.sockets_where(ports, |cookie| cookies.contains(&cookie))
+    }
+
+    fn sockets_where(
+        &self,
+        ports: &[u16],
+        wanted: impl Fn(u64) -> bool,
+    ) -> Result<HashMap<u64, DiagSocket>> {
         let mut found = HashMap::new();
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
             self.send_dump_request(family)?;
             self.read_dump(|cookie, socket| {
-                if ports.contains(&socket.local_port) {
+                if ports.contains(&socket.local_port) && wanted(cookie) {
                     found.insert(cookie, socket);
                 }
             })?;
