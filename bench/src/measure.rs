@@ -176,6 +176,8 @@ pub fn release_latency(bed: &Bed, drains: usize) -> (Latencies, Latencies) {
             },
             Duration::from_secs(10),
         );
+        // Close at a random moment of the peer's polling period, as a real last connection would.
+        thread::sleep(Duration::from_millis(20 + monotonic_ns() % 100));
         drop(client);
         supervisor.wait(Duration::from_secs(30));
         let number = |prefix: &str| -> u64 {
