@@ -28,7 +28,7 @@ enum Role {
         /// Under a minute: fewer rounds and drains, the smallest scale point.
         #[arg(long)]
         quick: bool,
-        /// Where latest.md and latest.svg go.
+        /// Where latest.md and latest.svg (quick.md and quick.svg with --quick) go.
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
         /// Only these measurements (rate, throughput, release, activation, scale, idle).
@@ -216,7 +216,9 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
 
     let machine = report::machine();
     let markdown = report::markdown(&date, &machine, if quick { " --quick" } else { "" }, &rows);
-    report::write(out, &markdown, &report::svg(&date, &rows))?;
+    // A quick run does not replace the published full one.
+    let name = if quick { "quick" } else { "latest" };
+    report::write(out, name, &markdown, &report::svg(&date, &rows))?;
     println!("{markdown}");
     Ok(())
 }

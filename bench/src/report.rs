@@ -107,9 +107,10 @@ fn escape(text: &str) -> String {
         .replace('>', "&gt;")
 }
 
-pub fn write(dir: &Path, markdown: &str, svg: &str) -> Result<()> {
+/// Writes `<name>.md` and `<name>.svg` into `dir`.
+pub fn write(dir: &Path, name: &str, markdown: &str, svg: &str) -> Result<()> {
     fs::create_dir_all(dir)?;
-    fs::write(dir.join("latest.md"), markdown)?;
-    fs::write(dir.join("latest.svg"), svg)?;
+    fs::write(dir.join(format!("{name}.md")), markdown)?;
+    fs::write(dir.join(format!("{name}.svg")), svg)?;
     Ok(())
 }
