@@ -179,6 +179,18 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
         });
     }
     for &connections in plan.scale.iter().filter(|_| wanted("scale")) {
+        // Each connection is two sockets of a few KiB each, client and server side.
+        let needed = connections as u64 * 8 * 1024;
+        if available_memory() < needed {
+            rows.push(Row {
+                measurement: format!("5. {connections} concurrent connections"),
+                result: format!("skipped: needs about {} GiB of free memory", needed >> 30),
+                goal: "exact; ≤ 64 B/connection; RSS ≤ 16 MiB".into(),
+                met: false,
+                ratio: None,
+            });
+            continue;
+        }
         eprintln!("bench: 5/6 scale, {connections} connections");
         let point = measure::scale(&Bed::create("scale"), connections);
         let exact = point.counted == connections as i64 && point.ss == connections;
@@ -221,4 +233,15 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
     report::write(out, name, &markdown, &report::svg(&date, &rows))?;
     println!("{markdown}");
     Ok(())
+}
+
+/// MemAvailable, in bytes.
+fn available_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024)
 }
