@@ -28,7 +28,7 @@ use crate::{
     drain::{Drain, Trigger},
     guard::{Action, Guard},
     http::{self, Http},
-    loop_io::{drain_ring, watch},
+    loop_io::{drain_ring, flush_logs, watch},
     netns::Netns,
     release_target::ReleaseTarget,
     startup,
@@ -146,9 +146,7 @@ async fn serve(mut guard: Guard, options: DaemonOptions, token: Option<String>) 
                 guard.borrow_mut().counts_changed()?
             }
             ready = ebpf_logs.readable_mut() => {
-                let mut ready = ready?;
-                ready.get_inner_mut().flush();
-                ready.clear_ready();
+                flush_logs(ready?);
                 Vec::new()
             }
             () = sleep_until(wakeup.unwrap_or_else(Instant::now)), if wakeup.is_some() => guard.borrow_mut().timer()?,

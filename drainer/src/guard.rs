@@ -103,7 +103,7 @@ impl Guard {
         let now = Instant::now();
         let step = self.drain.on_count(count, now);
         self.progress.count_changed(&self.programs, count, now);
-        self.changes.send_modify(|n| *n += 1);
+        // carry_out tells the waiters, whatever the step.
         self.carry_out(step)
     }
 

@@ -2,6 +2,7 @@
 use std::os::fd::AsRawFd;
 
 use aya::maps::{MapData, RingBuf};
+use aya_log::EbpfLogger;
 use tokio::io::{
     Interest,
     unix::{AsyncFd, AsyncFdReadyMutGuard},
@@ -16,5 +17,11 @@ pub fn watch<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
 /// Consumes every pending event: they only wake the loop, the counters hold the truth.
 pub fn drain_ring(mut ready: AsyncFdReadyMutGuard<'_, RingBuf<MapData>>) {
     while ready.get_inner_mut().next().is_some() {}
+    ready.clear_ready();
+}
+
+/// Writes the eBPF programs' pending log records to the log.
+pub fn flush_logs(mut ready: AsyncFdReadyMutGuard<'_, EbpfLogger<&'static dyn log::Log>>) {
+    ready.get_inner_mut().flush();
     ready.clear_ready();
 }

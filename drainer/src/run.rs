@@ -19,7 +19,7 @@ use crate::{
     child::{Child, ExitStatus},
     drain::{Drain, Trigger},
     guard::{Action, Guard},
-    loop_io::{drain_ring, watch},
+    loop_io::{drain_ring, flush_logs, watch},
     netns::Netns,
     startup,
 };
@@ -82,9 +82,7 @@ async fn supervise(mut guard: Guard, options: RunOptions) -> Result<i32> {
                 guard.counts_changed()?
             }
             ready = ebpf_logs.readable_mut() => {
-                let mut ready = ready?;
-                ready.get_inner_mut().flush();
-                ready.clear_ready();
+                flush_logs(ready?);
                 Vec::new()
             }
             ready = child.readable() => {
