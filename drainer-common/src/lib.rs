@@ -6,12 +6,18 @@
 /// How many distinct ports one drainer instance can guard.
 pub const MAX_PORTS: u32 = 64;
 
-/// Default capacity of the live-connection map.
-pub const DEFAULT_MAX_CONNECTIONS: u32 = 1 << 20;
-
-/// Index of the drain switch in the `SWITCHES` array: 0 serving, 1 draining.
+/// Indices in the `SWITCHES` array, each 0 or 1, written by userspace.
+/// Draining: new connections to the guarded ports are refused.
 pub const SWITCH_DRAINING: u32 = 0;
-pub const SWITCH_COUNT: u32 = 1;
+/// Seeded: the start-up sweep of existing connections has finished.
+pub const SWITCH_SEEDED: u32 = 1;
+pub const SWITCH_COUNT: u32 = 2;
+
+/// `TCP_*` states from include/net/tcp_states.h that the programs tell apart.
+pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_SYN_SENT: u8 = 2;
+pub const TCP_SYN_RECV: u8 = 3;
+pub const TCP_CLOSE: u8 = 7;
 
 /// The TCP states (`TCP_*` in include/net/tcp_states.h) a full socket passes through between
 /// ESTABLISHED and CLOSE: a server-side connection in any of them is live — counted by the
@@ -33,21 +39,9 @@ pub struct PortCounters {
     pub live: i64,
     /// Connection attempts answered with a reset because the port is draining.
     pub refused: u64,
-    /// Connections that could not be recorded because the connection map was full. Any non-zero
-    /// value means `live` is a lower bound, not the truth.
+    /// Connections whose bookkeeping failed (a full map). Any non-zero value means `live` can no
+    /// longer be trusted in either direction, and the count is reported as unknown.
     pub untracked: u64,
-}
-
-/// One tracked connection, keyed by its socket cookie in the `LIVE_CONNECTIONS` map.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Connection {
-    /// CLOCK_BOOTTIME nanoseconds at which the connection became established, or 0 when it was
-    /// already established before tracking started (its true age is unknown).
-    pub established_ns: u64,
-    /// Slot of the local port in `PORT_COUNTERS`.
-    pub port_slot: u32,
-    pub _pad: u32,
 }
 
 /// Why an event was emitted.
@@ -63,7 +57,6 @@ pub enum EventKind {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
-    pub cookie: u64,
     pub port_slot: u32,
     /// An [`EventKind`] discriminant.
     pub kind: u32,
@@ -73,6 +66,5 @@ pub struct Event {
 mod pod {
     // SAFETY: plain-old-data, repr(C), no padding holes left implicit.
     unsafe impl aya::Pod for super::PortCounters {}
-    unsafe impl aya::Pod for super::Connection {}
     unsafe impl aya::Pod for super::Event {}
 }

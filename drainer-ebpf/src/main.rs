@@ -1,21 +1,23 @@
 //! drainer's kernel-side programs, one module per kernel hook:
 //!
 //! - [`refuse`]: `sk_lookup`, answers new connections to a draining port with a reset;
-//! - [`established`]: `sock_ops`, records each passive connection as it becomes established;
-//! - [`closed`]: BTF tracepoint `inet_sock_set_state`, forgets a recorded connection at TCP_CLOSE;
+//! - [`transitions`]: BTF tracepoint `inet_sock_set_state`, counts server-side connections as
+//!   their handshake completes and as they reach TCP_CLOSE;
 //! - [`seed`]: `iter/tcp`, records the connections that were established before drainer started.
 //!
-//! [`tracking`] holds the maps and the bookkeeping they share.
+//! [`tracking`] holds the counters and the rules that keep them exact, [`seeded`] the table of
+//! connections found at start-up, [`sock`] the reads of `struct sock`.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
-mod closed;
-mod established;
 mod refuse;
 mod seed;
+mod seeded;
+mod sock;
 mod tracking;
+mod transitions;
 
 #[cfg(not(test))]
 #[panic_handler]

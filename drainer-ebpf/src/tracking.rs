@@ -1,31 +1,43 @@
-//! Maps and bookkeeping shared by the programs that add and remove tracked connections.
+//! The live count and the rules that keep it exact, shared by the programs that see connections
+//! open and close.
 //!
-//! A connection is tracked from the moment its cookie is inserted into [`LIVE_CONNECTIONS`] until
-//! the cookie is deleted again. Insert and delete are the only operations that touch a port's
-//! `live` counter, and each is counted only when the map operation itself succeeded, so a
-//! connection seen twice (by `sock_ops` and by the seeding iterator) or closing while it is being
-//! seeded is counted exactly once.
+//! A connection established while drainer runs costs no memory: its passive handshake completing
+//! adds one to its port's `live` counter and its reaching TCP_CLOSE subtracts one. Only two kinds
+//! of socket need a record, because their close must not be counted like the others:
+//!
+//! - connections that already existed when drainer started, recorded by the start-up sweep in the
+//!   [`seeded`](crate::seeded) table. Until the sweep has finished (`SWITCH_SEEDED`), a close that
+//!   finds no record is one of those the sweep never reached, and is not counted; connections
+//!   established meanwhile go into the table too, so the sweep cannot count them twice. A socket
+//!   the sweep finds already handed over to TIME_WAIT is recorded as not counted, because its
+//!   own close can still arrive after the sweep.
+//! - outbound connections from a guarded port (a client bound to it, or a simultaneous open), held
+//!   in [`OUTBOUND`] so that their close is not taken for a server connection's.
+//!
+//! Every counter change is an atomic add made by whichever program succeeded at the record
+//! operation (insert or remove), so two programs seeing the same socket count it once.
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    Global,
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::map,
     maps::{Array, HashMap, RingBuf},
 };
 use drainer_common::{
-    Connection, DEFAULT_MAX_CONNECTIONS, Event, EventKind, MAX_PORTS, PortCounters, SWITCH_COUNT,
-    SWITCH_DRAINING,
+    Event, EventKind, MAX_PORTS, PortCounters, SWITCH_COUNT, SWITCH_DRAINING, SWITCH_SEEDED,
 };
 
-/// Cookie of the network namespace drainer guards; set by the loader.
-#[unsafe(no_mangle)]
-static TARGET_NETNS_COOKIE: Global<u64> = Global::new(0);
+use crate::seeded::{self, Insert};
 
 /// Guarded port (host byte order) → its slot in [`PORT_COUNTERS`]. Written once by userspace
 /// before any program is attached.
 #[map]
 pub static PORT_SLOTS: HashMap<u16, u32> = HashMap::with_max_entries(MAX_PORTS, 0);
+
+/// One bit per port number, set for the guarded ports: the test every TCP state change on the
+/// host makes, so it is a plain load rather than a hash lookup. Set by the loader.
+#[unsafe(no_mangle)]
+static GUARDED_PORT_BITS: [u64; 1024] = [0; 1024];
 
 /// Per-port counters, indexed by slot; only this side writes them, with atomic adds.
 #[map]
@@ -35,13 +47,10 @@ pub static PORT_COUNTERS: Array<PortCounters> = Array::with_max_entries(MAX_PORT
 #[map]
 pub static SWITCHES: Array<u32> = Array::with_max_entries(SWITCH_COUNT, 0);
 
-/// Socket cookie → connection. Entries are allocated on insert (`BPF_F_NO_PREALLOC`), so memory
-/// follows the live count rather than the capacity; userspace may resize it before load.
+/// Socket cookies of outbound connections from a guarded port that are not yet closed. Rare:
+/// a server's own sockets are never outbound.
 #[map]
-pub static LIVE_CONNECTIONS: HashMap<u64, Connection> = HashMap::with_max_entries(
-    DEFAULT_MAX_CONNECTIONS,
-    aya_ebpf::bindings::BPF_F_NO_PREALLOC,
-);
+pub static OUTBOUND: HashMap<u64, u8> = HashMap::with_max_entries(65_536, BPF_F_NO_PREALLOC);
 
 /// Count changes while draining, so userspace wakes on the change rather than polling.
 #[map]
@@ -49,20 +58,36 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 const EEXIST: i32 = 17;
 
-pub fn target_netns_cookie() -> u64 {
-    TARGET_NETNS_COOKIE.load()
+/// Whether `port` is guarded, without touching a map.
+pub fn guarded(port: u16) -> bool {
+    let word = usize::from(port >> 6);
+    // SAFETY: `word` < 1024; the static is read-only data the loader filled in.
+    let bits =
+        unsafe { core::ptr::read_volatile((&raw const GUARDED_PORT_BITS).cast::<u64>().add(word)) };
+    bits & (1 << (port & 63)) != 0
 }
 
 pub fn port_slot(port: u16) -> Option<u32> {
+    if !guarded(port) {
+        return None;
+    }
     // SAFETY: the value is a plain u32 copied out before the map can change.
     unsafe { PORT_SLOTS.get(&port).copied() }
 }
 
-pub fn draining() -> bool {
-    SWITCHES.get(SWITCH_DRAINING).is_some_and(|v| *v != 0)
+fn switch(index: u32) -> bool {
+    SWITCHES.get(index).is_some_and(|v| *v != 0)
 }
 
-pub fn counters(slot: u32) -> Option<*mut PortCounters> {
+pub fn draining() -> bool {
+    switch(SWITCH_DRAINING)
+}
+
+fn seeded() -> bool {
+    switch(SWITCH_SEEDED)
+}
+
+fn counters(slot: u32) -> Option<*mut PortCounters> {
     PORT_COUNTERS.get_ptr_mut(slot)
 }
 
@@ -85,50 +110,92 @@ pub fn count_refused(slot: u32) {
     }
 }
 
-/// Starts tracking a connection unless it is tracked already.
-pub fn track(cookie: u64, slot: u32, established_ns: u64) {
-    let Some(c) = counters(slot) else { return };
-    let connection = Connection {
-        established_ns,
-        port_slot: slot,
-        _pad: 0,
-    };
-    match LIVE_CONNECTIONS.insert(&cookie, &connection, u64::from(BPF_NOEXIST)) {
-        Ok(()) => {
-            // SAFETY: `c` is a valid map value pointer.
-            add(unsafe { &raw mut (*c).live }, 1);
-            notify(cookie, slot, EventKind::Opened);
-        }
-        Err(err) if err == -EEXIST => {}
+fn count_untracked(slot: u32) {
+    if let Some(c) = counters(slot) {
         // SAFETY: `c` is a valid map value pointer.
-        Err(_) => bump(unsafe { &raw mut (*c).untracked }),
+        bump(unsafe { &raw mut (*c).untracked });
     }
 }
 
-/// Stops tracking a connection if it was tracked.
-pub fn forget(cookie: u64) {
-    // SAFETY: the value is copied out before the delete below.
-    let Some(slot) = (unsafe { LIVE_CONNECTIONS.get(&cookie) }).map(|c| c.port_slot) else {
-        return;
-    };
-    if LIVE_CONNECTIONS.remove(&cookie).is_err() {
-        // Another CPU forgot it first and has counted it.
-        return;
-    }
+fn change_live(slot: u32, delta: i64, kind: EventKind) {
     let Some(c) = counters(slot) else { return };
     // SAFETY: `c` is a valid map value pointer.
-    add(unsafe { &raw mut (*c).live }, -1);
-    notify(cookie, slot, EventKind::Closed);
+    add(unsafe { &raw mut (*c).live }, delta);
+    notify(slot, kind);
 }
 
-fn notify(cookie: u64, slot: u32, kind: EventKind) {
+fn record_seeded(cookie: u64, slot: u32) {
+    match seeded::insert(cookie) {
+        Insert::Added => change_live(slot, 1, EventKind::Opened),
+        Insert::Present => {}
+        Insert::Full => count_untracked(slot),
+    }
+}
+
+/// A connection the start-up sweep found established.
+pub fn found_established(cookie: u64, slot: u32) {
+    if !is_outbound(cookie) {
+        record_seeded(cookie, slot);
+    }
+}
+
+/// A socket the start-up sweep found handing over to a TIME_WAIT socket: the full socket's own
+/// close may still be on its way, and is not to be counted.
+pub fn found_closing(cookie: u64, slot: u32) {
+    if let Insert::Full = seeded::insert(cookie | seeded::NOT_COUNTED) {
+        count_untracked(slot);
+    }
+}
+
+/// A server-side connection completed its handshake.
+pub fn passive_established(cookie: u64, slot: u32) {
+    if is_outbound(cookie) {
+        // The second half of a simultaneous open.
+        return;
+    }
+    if seeded() {
+        change_live(slot, 1, EventKind::Opened);
+    } else {
+        record_seeded(cookie, slot);
+    }
+}
+
+/// A socket on a guarded port became connected other than by accepting a handshake.
+pub fn outbound(cookie: u64, slot: u32) {
+    match OUTBOUND.insert(&cookie, &0, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {}
+        Err(err) if err == -EEXIST => {}
+        Err(_) => count_untracked(slot),
+    }
+}
+
+fn is_outbound(cookie: u64) -> bool {
+    // SAFETY: only the presence of the entry is used.
+    unsafe { OUTBOUND.get(&cookie).is_some() }
+}
+
+/// A socket on a guarded port reached TCP_CLOSE; `was_live` tells whether it came from one of the
+/// live states (rather than from a handshake that never completed).
+pub fn closed(cookie: u64, slot: u32, was_live: bool) {
+    match seeded::remove(cookie) {
+        Some(true) => change_live(slot, -1, EventKind::Closed),
+        Some(false) => {}
+        None => {
+            let outbound = OUTBOUND.remove(&cookie).is_ok();
+            if was_live && !outbound && seeded() {
+                change_live(slot, -1, EventKind::Closed);
+            }
+        }
+    }
+}
+
+fn notify(slot: u32, kind: EventKind) {
     if !draining() {
         return;
     }
     // A full ring only delays userspace until its next read: the counters stay exact.
     let _ = EVENTS.output(
         &Event {
-            cookie,
             port_slot: slot,
             kind: kind as u32,
         },

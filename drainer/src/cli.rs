@@ -28,7 +28,7 @@ pub enum Command {
     Daemon(DaemonArgs),
     /// Ask the daemon to start draining (exit 0 drained, 3 deadline passed, 4 released early).
     Drain(DrainArgs),
-    /// Show the daemon's state, live count and oldest connections.
+    /// Show the daemon's state, live count and most idle connections.
     Status(StatusArgs),
     /// Release now, whatever the live count.
     Release(SocketArg),
@@ -50,11 +50,6 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub kill_after: Duration,
 
-    /// The cgroup v2 directory whose sockets are tracked; default: the root of the cgroup v2
-    /// hierarchy, which covers every process.
-    #[arg(long, value_name = "DIR")]
-    pub cgroup: Option<PathBuf>,
-
     /// The server command and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
@@ -71,10 +66,6 @@ pub struct DaemonArgs {
     /// The network namespace to guard: /proc/PID/ns/net or /run/netns/NAME; default: drainer's own.
     #[arg(long, value_name = "PATH")]
     pub netns: Option<PathBuf>,
-
-    /// The cgroup v2 directory whose sockets are tracked; default: the hierarchy's root.
-    #[arg(long, value_name = "DIR")]
-    pub cgroup: Option<PathBuf>,
 
     /// How long to wait for live connections to close before releasing anyway.
     #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = parse_duration)]

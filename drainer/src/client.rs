@@ -201,18 +201,15 @@ fn describe(status: &Status) -> String {
             port.port, port.live, port.refused
         ));
     }
-    if !status.oldest.is_empty() {
-        text.push_str("oldest live connections:\n");
-        for old in &status.oldest {
-            let age = old
-                .age_seconds
-                .map_or("since before drainer started".to_owned(), |a| {
-                    format!("for {a:.1}s")
-                });
+    if !status.most_idle.is_empty() {
+        text.push_str("most idle live connections:\n");
+        for connection in &status.most_idle {
+            let idle = connection
+                .idle_seconds
+                .map_or(String::new(), |s| format!(" idle {s:.1}s"));
             text.push_str(&format!(
-                "  {} → :{} {age}\n",
-                old.peer.as_deref().unwrap_or("?"),
-                old.port
+                "  {} → :{}{idle}\n",
+                connection.peer, connection.port
             ));
         }
     }

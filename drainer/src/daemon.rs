@@ -37,7 +37,6 @@ use crate::{
 pub struct DaemonOptions {
     pub ports: Vec<u16>,
     pub netns: Option<PathBuf>,
-    pub cgroup: Option<PathBuf>,
     pub drain_timeout: Duration,
     pub control_socket: PathBuf,
     pub allowed: Allowed,
@@ -67,7 +66,7 @@ pub fn daemon(options: DaemonOptions) -> Result<i32> {
     if token.is_some() && options.http.is_none() {
         bail!("--http-token-file protects the HTTP drain endpoint: give --http ADDR as well");
     }
-    let attached = startup::attach(&options.ports, &netns, options.cgroup.as_deref())?;
+    let attached = startup::attach(&options.ports, &netns)?;
     let guard = Guard::new(
         attached.programs,
         attached.diag,

@@ -16,12 +16,12 @@ use crate::{
     programs::{PortCount, Programs},
     progress::Progress,
     sock_diag::SockDiag,
-    status::{OldConnection, Outcome, PortStatus, State, Status},
+    status::{IdleConnection, Outcome, PortStatus, State, Status},
     systemd::Systemd,
 };
 
-/// How many of the oldest connections `status` lists.
-const STATUS_OLDEST: usize = 10;
+/// How many of the most idle connections `status` lists.
+const STATUS_MOST_IDLE: usize = 10;
 /// Slack added to systemd's stop timeout on top of what drainer itself will wait.
 const SYSTEMD_MARGIN: Duration = Duration::from_secs(15);
 
@@ -185,8 +185,8 @@ impl Guard {
         Ok(())
     }
 
-    /// The state now; with the oldest live connections when `with_oldest`.
-    pub fn status(&self, with_oldest: bool) -> Result<Status> {
+    /// The state now; with the most idle live connections when `with_connections`.
+    pub fn status(&self, with_connections: bool) -> Result<Status> {
         let counts = self.programs.counts()?;
         let count = total(&counts);
         let now = Instant::now();
@@ -206,13 +206,13 @@ impl Guard {
                 ..
             } => (Some(at - started), None, Some(outcome(reason))),
         };
-        let oldest = if with_oldest {
-            connections::oldest(&self.programs, self.progress.diag(), STATUS_OLDEST)?
+        let most_idle = if with_connections {
+            connections::most_idle(&self.programs, self.progress.diag(), STATUS_MOST_IDLE)?
                 .into_iter()
-                .map(|c| OldConnection {
+                .map(|c| IdleConnection {
                     port: c.port,
-                    peer: c.peer.map(|p| p.to_string()),
-                    age_seconds: c.age.map(|a| a.as_secs_f64()),
+                    peer: c.peer.to_string(),
+                    idle_seconds: c.idle.map(|a| a.as_secs_f64()),
                 })
                 .collect()
         } else {
@@ -237,7 +237,7 @@ impl Guard {
                     untracked: c.counters.untracked,
                 })
                 .collect(),
-            oldest,
+            most_idle,
         })
     }
 }

@@ -3,7 +3,6 @@
 //! Mechanisms (kernel side, child process, sockets) live in their own modules; the decisions of a
 //! drain live in [`drain`], a pure state machine.
 pub mod capabilities;
-pub mod cgroup;
 pub mod child;
 pub mod cli;
 pub mod client;
@@ -14,6 +13,7 @@ pub mod drain;
 pub mod follow;
 pub mod guard;
 pub mod http;
+pub mod kernel_layout;
 pub mod logging;
 pub mod loop_io;
 pub mod metrics;
@@ -23,6 +23,7 @@ pub mod progress;
 pub mod release_target;
 pub mod run;
 pub mod sock_diag;
+pub mod sockstat;
 pub mod startup;
 pub mod status;
 pub mod systemd;

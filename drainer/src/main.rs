@@ -19,7 +19,6 @@ fn main() -> ExitCode {
             ports: args.ports,
             drain_timeout: args.drain_timeout,
             kill_after: args.kill_after,
-            cgroup: args.cgroup,
             command: args.command,
         }),
         Command::Daemon(args) => daemon::daemon(DaemonOptions {
@@ -30,7 +29,6 @@ fn main() -> ExitCode {
                 .or(args.release_cgroup.map(ReleaseTarget::Cgroup)),
             ports: args.ports,
             netns: args.netns,
-            cgroup: args.cgroup,
             drain_timeout: args.drain_timeout,
             control_socket: args.control_socket,
             allowed: Allowed {

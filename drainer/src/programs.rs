@@ -6,21 +6,23 @@
 use std::{
     fs::File,
     io::{ErrorKind, Read as _},
-    path::Path,
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, RingBuf},
-    programs::{BtfTracePoint, CgroupAttachMode, Iter, SkLookup, SockOps},
+    programs::{BtfTracePoint, Iter, SkLookup},
 };
 use aya_log::EbpfLogger;
-use drainer_common::{Connection, MAX_PORTS, PortCounters, SWITCH_DRAINING};
+use drainer_common::{MAX_PORTS, PortCounters, SWITCH_DRAINING, SWITCH_SEEDED};
 
-use crate::netns::Netns;
+use crate::{kernel_layout::KernelLayout, netns::Netns, sockstat};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/drainer"));
+
+/// How long after the sweep connections still count as found by it; see `attach`.
+const SEED_SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The kernel features drainer needs, each with the first Linux release that has it.
 struct Feature {
@@ -28,16 +30,12 @@ struct Feature {
     since: &'static str,
 }
 
-const SOCK_OPS: Feature = Feature {
-    what: "sock_ops programs with bpf_get_netns_cookie",
-    since: "5.15",
-};
 const SK_LOOKUP: Feature = Feature {
     what: "sk_lookup programs",
     since: "5.9",
 };
 const TP_BTF: Feature = Feature {
-    what: "BTF tracepoints using bpf_get_socket_cookie",
+    what: "BTF tracepoints using bpf_get_socket_cookie and compare-and-exchange",
     since: "5.12",
 };
 const TCP_ITER: Feature = Feature {
@@ -87,11 +85,26 @@ fn walk(mut iterator: File) -> std::io::Result<()> {
     }
 }
 
-/// What to guard: ports in one network namespace, tracked through one cgroup v2 hierarchy.
+/// What to guard: ports in one network namespace.
 pub struct Target<'a> {
     pub ports: &'a [u16],
     pub netns: &'a Netns,
-    pub cgroup: &'a Path,
+}
+
+/// The guarded ports as the bitmap the tracepoint tests.
+fn port_bits(ports: &[u16]) -> [u64; 1024] {
+    let mut bits = [0u64; 1024];
+    for &port in ports {
+        bits[usize::from(port >> 6)] |= 1 << (port & 63);
+    }
+    bits
+}
+
+/// Slots for the table of connections found at start-up: twice the namespace's TCP sockets and
+/// some room for those opening during the sweep, so the table is at most about half full.
+fn seeded_table_slots(tcp_sockets: u64) -> Result<u32> {
+    u32::try_from(((tcp_sockets + 2048) * 2).next_power_of_two())
+        .context("too many TCP sockets in the namespace to seed a table for")
 }
 
 /// A port's counters as the kernel side last wrote them.
@@ -123,12 +136,22 @@ impl Programs {
                  CONFIG_DEBUG_INFO_BTF (Linux >= 5.5 built with BTF, as all major distributions do)"
             )
         })?;
+        let layout = KernelLayout::of_running_kernel()?;
         let netns_cookie = target.netns.cookie()?;
+        let seeded_slots = seeded_table_slots(target.netns.run_inside(sockstat::tcp_sockets)?)?;
+        let seeded_slot_mask = u64::from(seeded_slots - 1);
+        let port_bits = port_bits(target.ports);
         let ebpf_log_level = ebpf_log_level();
         let ebpf = EbpfLoader::new()
             .btf(&btf)
             .override_global("TARGET_NETNS_COOKIE", &netns_cookie, true)
+            .override_global("SOCK_NET_OFFSET", &layout.sock_net, true)
+            .override_global("NET_COOKIE_OFFSET", &layout.net_cookie, true)
+            .override_global("INET_SPORT_OFFSET", &layout.inet_sport, true)
+            .override_global("GUARDED_PORT_BITS", &port_bits, true)
+            .override_global("SEEDED_SLOT_MASK", &seeded_slot_mask, true)
             .override_global("AYA_LOG_LEVEL", &ebpf_log_level, true)
+            .map_max_entries("SEEDED", seeded_slots)
             .load(EBPF_OBJECT)
             .context("loading drainer's eBPF object into the kernel")?;
         let mut programs = Self {
@@ -137,11 +160,14 @@ impl Programs {
         };
         programs.write_port_slots()?;
 
-        // Order matters: closes are watched before anything is recorded, and new connections are
-        // recorded before the existing ones are swept, so no connection falls between the two.
-        programs.attach_closed(&btf)?;
-        programs.attach_established(target.cgroup)?;
+        // Order matters: state changes are followed before the existing connections are swept,
+        // so no connection falls between the two; see drainer-ebpf/src/tracking.rs.
+        programs.attach_transitions(&btf)?;
         programs.seed(&btf, target.netns)?;
+        // A socket the sweep missed because it was closing can still be on its way from leaving
+        // the hash table to reporting its close; give it time to report as unseeded.
+        std::thread::sleep(SEED_SETTLE);
+        programs.set_switch(SWITCH_SEEDED)?;
         programs.attach_refuse(target.netns)?;
         Ok(programs)
     }
@@ -158,25 +184,14 @@ impl Programs {
         Ok(())
     }
 
-    fn attach_closed(&mut self, btf: &Btf) -> Result<()> {
-        let program: &mut BtfTracePoint = self.program_mut("forget_closed")?.try_into()?;
+    fn attach_transitions(&mut self, btf: &Btf) -> Result<()> {
+        let program: &mut BtfTracePoint = self.program_mut("follow_transitions")?.try_into()?;
         program
             .load("inet_sock_set_state", btf)
             .with_context(|| missing(&TP_BTF))?;
         program
             .attach()
             .context("attaching the inet_sock_set_state tracepoint")?;
-        Ok(())
-    }
-
-    fn attach_established(&mut self, cgroup: &Path) -> Result<()> {
-        let cgroup_dir = File::open(cgroup)
-            .with_context(|| format!("cannot open cgroup {}", cgroup.display()))?;
-        let program: &mut SockOps = self.program_mut("track_established")?.try_into()?;
-        program.load().with_context(|| missing(&SOCK_OPS))?;
-        program
-            .attach(&cgroup_dir, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching sock_ops to cgroup {}", cgroup.display()))?;
         Ok(())
     }
 
@@ -209,11 +224,15 @@ impl Programs {
     /// From now on every new connection to the ports is refused, and count changes are announced
     /// through [`Programs::take_events`].
     pub fn start_refusing(&mut self) -> Result<()> {
+        self.set_switch(SWITCH_DRAINING)
+    }
+
+    fn set_switch(&mut self, index: u32) -> Result<()> {
         let mut switches: Array<_, u32> =
             Array::try_from(self.map_mut("SWITCHES")?).context("SWITCHES map")?;
         switches
-            .set(SWITCH_DRAINING, &1, 0)
-            .context("setting the drain switch")?;
+            .set(index, &1, 0)
+            .with_context(|| format!("setting switch {index}"))?;
         Ok(())
     }
 
@@ -233,39 +252,8 @@ impl Programs {
             .collect()
     }
 
-    /// Every tracked connection: socket cookie, record.
-    pub fn connections(&self) -> Result<Vec<(u64, Connection)>> {
-        let live: HashMap<_, u64, Connection> =
-            HashMap::try_from(self.map("LIVE_CONNECTIONS")?).context("LIVE_CONNECTIONS map")?;
-        // An entry deleted while the walk passes it is skipped; the walk never fails for it.
-        Ok(live.iter().filter_map(Result::ok).collect())
-    }
-
-    /// The `limit` oldest tracked connections, oldest first; the walk keeps only those in memory.
-    pub fn oldest_connections(&self, limit: usize) -> Result<Vec<(u64, Connection)>> {
-        let live: HashMap<_, u64, Connection> =
-            HashMap::try_from(self.map("LIVE_CONNECTIONS")?).context("LIVE_CONNECTIONS map")?;
-        let mut oldest = std::collections::BinaryHeap::with_capacity(limit + 1);
-        for (cookie, connection) in live.iter().filter_map(Result::ok) {
-            oldest.push((connection.established_ns, cookie));
-            if oldest.len() > limit {
-                oldest.pop();
-            }
-        }
-        Ok(oldest
-            .into_sorted_vec()
-            .into_iter()
-            .filter_map(|(_, cookie)| Some((cookie, live.get(&cookie, 0).ok()?)))
-            .collect())
-    }
-
     pub fn ports(&self) -> &[u16] {
         &self.ports
-    }
-
-    /// The port a connection's `port_slot` names.
-    pub fn port_of(&self, connection: &Connection) -> Option<u16> {
-        self.ports.get(connection.port_slot as usize).copied()
     }
 
     /// The ring buffer that carries count changes while draining.

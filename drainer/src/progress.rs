@@ -1,5 +1,5 @@
 //! Drain progress in the log and in systemd's STATUS=: the count at drain start, each change at
-//! most once a second with the oldest live connections, and the stragglers when the deadline cuts
+//! most once a second with the most idle live connections, and the stragglers when the deadline cuts
 //! the drain.
 use std::time::{Duration, Instant};
 
@@ -15,8 +15,8 @@ use crate::{
 
 /// Progress lines are at most this frequent.
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
-/// How many of the oldest connections a progress line names.
-const OLDEST_SHOWN: usize = 5;
+/// How many of the most idle connections a progress line names.
+const MOST_IDLE_SHOWN: usize = 5;
 /// How many stragglers the deadline report names.
 const STRAGGLERS_SHOWN: usize = 100;
 
@@ -98,15 +98,19 @@ impl Progress {
         if live <= 0 {
             return;
         }
-        match self.oldest(programs, OLDEST_SHOWN) {
-            Ok(oldest) => info!(live, "{live} live; oldest: {}", connections::list(&oldest)),
+        match self.most_idle(programs, MOST_IDLE_SHOWN) {
+            Ok(listed) => info!(
+                live,
+                "{live} live; most idle: {}",
+                connections::list(&listed)
+            ),
             Err(err) => info!(live, "{live} live (cannot list them: {err:#})"),
         }
     }
 
     /// The deadline cut the drain: name who was still connected.
     pub fn report_stragglers(&mut self, programs: &Programs, count: Count) {
-        match self.oldest(programs, STRAGGLERS_SHOWN) {
+        match self.most_idle(programs, STRAGGLERS_SHOWN) {
             Ok(stragglers) => warn!(
                 live = count.live,
                 "drain deadline passed with {} connections live: {}{}",
@@ -129,16 +133,16 @@ impl Progress {
         &self.diag
     }
 
-    fn oldest(&self, programs: &Programs, limit: usize) -> anyhow::Result<Vec<LiveConnection>> {
-        connections::oldest(programs, &self.diag, limit)
+    fn most_idle(&self, programs: &Programs, limit: usize) -> anyhow::Result<Vec<LiveConnection>> {
+        connections::most_idle(programs, &self.diag, limit)
     }
 
     fn warn_if_inexact(&mut self, count: Count) {
         if !count.exact && !self.warned_inexact {
             self.warned_inexact = true;
             warn!(
-                "the connection map is full: some connections are not tracked, so the count is \
-                 unknown and the drain will run to its deadline"
+                "a connection could not be recorded (a full map): the count is unknown, and the \
+                 drain will run to its deadline"
             );
         }
     }

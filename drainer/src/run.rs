@@ -3,7 +3,7 @@
 //!
 //! Everything after start-up happens in one tokio-uring event loop, woken only by signals, the
 //! kernel's count-change events, the child's exit and the drain's own deadlines: no polling.
-use std::{ffi::OsString, path::PathBuf, time::Duration};
+use std::{ffi::OsString, time::Duration};
 
 use anyhow::{Context as _, Result};
 use nix::sys::signal::Signal;
@@ -28,7 +28,6 @@ pub struct RunOptions {
     pub ports: Vec<u16>,
     pub drain_timeout: Duration,
     pub kill_after: Duration,
-    pub cgroup: Option<PathBuf>,
     pub command: Vec<OsString>,
 }
 
@@ -45,7 +44,7 @@ const FORWARDED: [Signal; 5] = [
 pub fn run(options: RunOptions) -> Result<i32> {
     capabilities::require(&[CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON])?;
     let netns = Netns::current()?;
-    let attached = startup::attach(&options.ports, &netns, options.cgroup.as_deref())?;
+    let attached = startup::attach(&options.ports, &netns)?;
     let drain = Drain::new(options.drain_timeout, Some(options.kill_after));
     let guard = Guard::new(attached.programs, attached.diag, drain, options.kill_after);
     tokio_uring::start(supervise(guard, options))

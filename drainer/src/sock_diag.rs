@@ -1,13 +1,14 @@
 //! Reading a namespace's TCP sockets through NETLINK_SOCK_DIAG (the interface `ss` uses), to name
-//! the peers of tracked connections by socket cookie.
+//! live connections — peer and idle time — when a report needs them.
 //!
-//! The kernel side records cookies and times only; peers are looked up here when a report needs
-//! them, which keeps each tracked connection small and costs nothing while serving.
+//! The kernel side keeps counts, not connections; this costs nothing until a report asks.
 use std::{
-    collections::{HashMap, HashSet},
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap},
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -21,7 +22,13 @@ const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_HEADER_LEN: usize = 16;
 const REQUEST_LEN: usize = NLMSG_HEADER_LEN + 56;
 /// family, state, timer, retrans, then `struct inet_diag_sockid` (48 bytes) and five u32s.
-const DIAG_MSG_MIN_LEN: usize = 4 + 48 + 20;
+const DIAG_MSG_LEN: usize = 4 + 48 + 20;
+/// The `tcp_info` attribute, and the bit asking for it in `idiag_ext`.
+const INET_DIAG_INFO: u16 = 2;
+const WANT_INFO: u8 = 1 << (INET_DIAG_INFO - 1);
+/// Offsets in `struct tcp_info` of `tcpi_last_data_sent` and `tcpi_last_data_recv` (ms ago).
+const LAST_DATA_SENT: usize = 44;
+const LAST_DATA_RECV: usize = 52;
 
 /// [`LIVE_TCP_STATES`] as an `idiag_states` bit mask.
 const LIVE_STATES: u32 = {
@@ -35,10 +42,12 @@ const LIVE_STATES: u32 = {
 };
 
 /// One server-side TCP socket as sock_diag reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DiagSocket {
     pub local_port: u16,
     pub peer: SocketAddr,
+    /// Time since data last went either way; `None` if the kernel did not say.
+    pub idle: Option<Duration>,
 }
 
 /// A NETLINK_SOCK_DIAG socket bound to the namespace it was created in.
@@ -69,34 +78,40 @@ impl SockDiag {
 
     /// Every live TCP socket whose local port is one of `ports`, by socket cookie.
     pub fn sockets(&self, ports: &[u16]) -> Result<HashMap<u64, DiagSocket>> {
-        self.sockets_where(ports, |_| true)
-    }
-
-    /// The sockets among those whose cookie is in `cookies`: memory stays bounded by the set, not
-    /// by the number of sockets the namespace holds.
-    pub fn sockets_among(
-        &self,
-        ports: &[u16],
-        cookies: &HashSet<u64>,
-    ) -> Result<HashMap<u64, DiagSocket>> {
-        self.sockets_where(ports, |cookie| cookies.contains(&cookie))
-    }
-
-    fn sockets_where(
-        &self,
-        ports: &[u16],
-        wanted: impl Fn(u64) -> bool,
-    ) -> Result<HashMap<u64, DiagSocket>> {
         let mut found = HashMap::new();
+        self.each_socket(ports, |cookie, socket| {
+            found.insert(cookie, socket);
+        })?;
+        Ok(found)
+    }
+
+    /// The `limit` live sockets on `ports` idle the longest, most idle first; memory stays bounded
+    /// by `limit`, not by the number of sockets.
+    pub fn most_idle(&self, ports: &[u16], limit: usize) -> Result<Vec<DiagSocket>> {
+        let mut kept = BinaryHeap::with_capacity(limit + 1);
+        self.each_socket(ports, |cookie, socket| {
+            kept.push(Reverse((socket.idle, cookie, socket)));
+            if kept.len() > limit {
+                kept.pop();
+            }
+        })?;
+        Ok(kept
+            .into_sorted_vec()
+            .into_iter()
+            .map(|Reverse((_, _, socket))| socket)
+            .collect())
+    }
+
+    fn each_socket(&self, ports: &[u16], mut each: impl FnMut(u64, DiagSocket)) -> Result<()> {
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
             self.send_dump_request(family)?;
             self.read_dump(|cookie, socket| {
-                if ports.contains(&socket.local_port) && wanted(cookie) {
-                    found.insert(cookie, socket);
+                if ports.contains(&socket.local_port) {
+                    each(cookie, socket);
                 }
             })?;
         }
-        Ok(found)
+        Ok(())
     }
 
     fn send_dump_request(&self, family: u8) -> Result<()> {
@@ -107,6 +122,7 @@ impl SockDiag {
         let body = &mut request[NLMSG_HEADER_LEN..];
         body[0] = family;
         body[1] = libc::IPPROTO_TCP as u8;
+        body[2] = WANT_INFO;
         body[4..8].copy_from_slice(&LIVE_STATES.to_ne_bytes());
         // SAFETY: the buffer is valid for its length.
         let sent = unsafe {
@@ -168,7 +184,7 @@ impl SockDiag {
 
 /// Parses a `struct inet_diag_msg`.
 fn parse_diag_msg(msg: &[u8]) -> Option<(u64, DiagSocket)> {
-    if msg.len() < DIAG_MSG_MIN_LEN {
+    if msg.len() < DIAG_MSG_LEN {
         return None;
     }
     let family = i32::from(msg[0]);
@@ -189,8 +205,29 @@ fn parse_diag_msg(msg: &[u8]) -> Option<(u64, DiagSocket)> {
         DiagSocket {
             local_port,
             peer: SocketAddr::new(peer_ip, peer_port),
+            idle: idle(&msg[DIAG_MSG_LEN..]),
         },
     ))
+}
+
+/// The idle time in the `tcp_info` attribute among `attributes` (netlink `rtattr`s).
+fn idle(mut attributes: &[u8]) -> Option<Duration> {
+    while attributes.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([attributes[0], attributes[1]]));
+        let kind = u16::from_ne_bytes([attributes[2], attributes[3]]);
+        if len < 4 || len > attributes.len() {
+            return None;
+        }
+        if kind == INET_DIAG_INFO {
+            let info = &attributes[4..len];
+            let ms_ago =
+                |at: usize| Some(u32::from_ne_bytes(info.get(at..at + 4)?.try_into().ok()?));
+            let ms = ms_ago(LAST_DATA_SENT)?.min(ms_ago(LAST_DATA_RECV)?);
+            return Some(Duration::from_millis(u64::from(ms)));
+        }
+        attributes = &attributes[len.next_multiple_of(4).min(attributes.len())..];
+    }
+    None
 }
 
 #[cfg(test)]
@@ -209,5 +246,24 @@ mod tests {
         let sockets = SockDiag::open().unwrap().sockets(&[port]).unwrap();
         let peers: Vec<_> = sockets.values().map(|s| s.peer).collect();
         assert_eq!(peers, vec![client.local_addr().unwrap()]);
+    }
+
+    /// The connection idle longest comes first, with an idle time the kernel measured.
+    #[test]
+    fn lists_the_most_idle_first() {
+        use std::io::Write as _;
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let quiet = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_quiet_server, _) = listener.accept().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut busy = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_busy_server, _) = listener.accept().unwrap();
+        busy.write_all(b"x").unwrap();
+        let listed = SockDiag::open().unwrap().most_idle(&[port], 1).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].peer, quiet.local_addr().unwrap());
+        assert!(listed[0].idle.unwrap() >= Duration::from_millis(250));
     }
 }

@@ -41,12 +41,11 @@ pub struct PortStatus {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct OldConnection {
+pub struct IdleConnection {
     pub port: u16,
-    /// `None` when the socket vanished before its peer could be read.
-    pub peer: Option<String>,
-    /// `None` for connections established before drainer started.
-    pub age_seconds: Option<f64>,
+    pub peer: String,
+    /// Seconds since data last went either way; `None` if the kernel did not say.
+    pub idle_seconds: Option<f64>,
 }
 
 /// drainer's state at one instant.
@@ -68,7 +67,8 @@ pub struct Status {
     /// How many drains the deadline has cut (0 or 1 per drainer process).
     pub deadline_hits: u64,
     pub ports: Vec<PortStatus>,
-    /// The oldest live connections, oldest first (a few; filled for `status` requests only).
+    /// The live connections idle the longest, most idle first (a few; filled for `status`
+    /// requests only).
     #[serde(default)]
-    pub oldest: Vec<OldConnection>,
+    pub most_idle: Vec<IdleConnection>,
 }

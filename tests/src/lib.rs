@@ -177,3 +177,16 @@ pub fn http_request(
         .unwrap_or_default();
     (code, body)
 }
+
+/// Where the cgroup v2 hierarchy is mounted (pure v2, or the hybrid layout's `unified`).
+pub fn cgroup2_root() -> PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .expect("a cgroup v2 hierarchy must be mounted for this test")
+}

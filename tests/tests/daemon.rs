@@ -460,7 +460,7 @@ fn release_signals_the_pidfile_process_and_every_process_of_the_cgroup() {
     app.wait_for("got SIGTERM", Duration::from_secs(5));
 
     // --release-cgroup with --release-signal: every process of the cgroup hears it.
-    let cgroup_root = drainer::cgroup::cgroup2_root().unwrap();
+    let cgroup_root = drainer_integration::cgroup2_root();
     let cgroup = cgroup_root.join(format!("drainer-test-{}", std::process::id()));
     std::fs::create_dir_all(&cgroup).unwrap();
     let workers: Vec<Process> = ["8001", "8002"].into_iter().map(signal_server).collect();

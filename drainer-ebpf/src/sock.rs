@@ -1,0 +1,71 @@
+//! Reading `struct sock` from a tracing program.
+//!
+//! The local port sits in the head of `struct sock_common`, whose layout has not changed since
+//! Linux 3.x, and is read directly. Other fields move between kernel builds, so the loader finds
+//! their offsets in the running kernel's BTF and they are read with `bpf_probe_read_kernel`.
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+
+/// `skc_num`: the local port in host byte order.
+const SKC_NUM_OFFSET: usize = 14;
+
+/// Cookie of the network namespace drainer guards; set by the loader.
+#[unsafe(no_mangle)]
+static TARGET_NETNS_COOKIE: u64 = 0;
+/// Offset of `sock.__sk_common.skc_net.net` (a `struct net *`); set by the loader.
+#[unsafe(no_mangle)]
+static SOCK_NET_OFFSET: u64 = 0;
+/// Offset of `net.net_cookie`; set by the loader.
+#[unsafe(no_mangle)]
+static NET_COOKIE_OFFSET: u64 = 0;
+/// Offset of `inet_sock.inet_sport` (network byte order); set by the loader.
+#[unsafe(no_mangle)]
+static INET_SPORT_OFFSET: u64 = 0;
+
+fn loaded(value: &'static u64) -> u64 {
+    // SAFETY: read-only data the loader filled in.
+    unsafe { core::ptr::read_volatile(value) }
+}
+
+/// The socket's local port.
+///
+/// # Safety
+/// `sk` must be a BTF-typed `struct sock *` argument of a tracing program.
+pub unsafe fn local_port(sk: *const u8) -> u16 {
+    // SAFETY: the caller's promise; the verifier checks the access against the kernel's BTF.
+    unsafe { *sk.add(SKC_NUM_OFFSET).cast::<u16>() }
+}
+
+/// The port the socket was bound to, still readable after the socket released it at TCP_CLOSE;
+/// 0 if the read fails.
+pub fn bound_port(sk: *const u8) -> u16 {
+    // SAFETY: a checked kernel read; a fault yields an error, not a crash.
+    let port = unsafe {
+        bpf_probe_read_kernel(
+            sk.wrapping_add(loaded(&INET_SPORT_OFFSET) as usize)
+                .cast::<u16>(),
+        )
+    };
+    port.map_or(0, u16::from_be)
+}
+
+/// Whether the socket belongs to the guarded namespace.
+pub fn in_target(sk: *const u8) -> bool {
+    // SAFETY: a checked kernel read; a fault yields an error, not a crash.
+    let Ok(net) = (unsafe {
+        bpf_probe_read_kernel(
+            sk.wrapping_add(loaded(&SOCK_NET_OFFSET) as usize)
+                .cast::<usize>(),
+        )
+    }) else {
+        return false;
+    };
+    // SAFETY: as above.
+    let cookie = unsafe {
+        bpf_probe_read_kernel(
+            (net as *const u8)
+                .wrapping_add(loaded(&NET_COOKIE_OFFSET) as usize)
+                .cast::<u64>(),
+        )
+    };
+    cookie == Ok(loaded(&TARGET_NETNS_COOKIE))
+}

@@ -1,0 +1,84 @@
+//! BTF tracepoint `inet_sock_set_state`, global.
+//!
+//! When: the kernel fires it on every TCP state change of every socket on the host, in every
+//! namespace, including sockets that existed before drainer started, under the socket's lock as
+//! the new state is stored. At TCP_CLOSE that is after the socket has left the hash tables and
+//! released its local port number, so the port is read from `inet_sport`, which stays.
+//! Sees: the `struct sock` and the old and new states.
+//! drainer acts on three kinds of change, on a guarded port of the guarded namespace:
+//! - SYN_RECV → a live state: a server-side connection completed its handshake (or, with TCP Fast
+//!   Open, was closed by the server before the client's ACK) — one more live connection;
+//! - into a live state from anything else (SYN_SENT, or a repaired socket), or SYN_SENT →
+//!   SYN_RECV (simultaneous open): an outbound connection, remembered so it is never counted;
+//! - → TCP_CLOSE: the connection is over for the server — reset, both FINs exchanged, or an
+//!   orphaned socket handed over to TIME_WAIT — and never leaves that state.
+//!
+//! Cost: every state change pays two compares on the states; those three kinds also read the
+//! socket's port (at TCP_CLOSE with one checked kernel read) and test one bit. Only sockets on a
+//! guarded port go further.
+use aya_ebpf::{
+    helpers::bpf_get_socket_cookie, macros::btf_tracepoint, programs::BtfTracePointContext,
+};
+use drainer_common::{LIVE_TCP_STATES, TCP_CLOSE, TCP_SYN_RECV, TCP_SYN_SENT};
+
+use crate::{
+    sock::{bound_port, in_target, local_port},
+    tracking::{closed, outbound, passive_established, port_slot},
+};
+
+enum Change {
+    PassiveEstablished,
+    Outbound,
+    Closed { was_live: bool },
+}
+
+fn live(state: u8) -> bool {
+    LIVE_TCP_STATES.contains(&state)
+}
+
+fn classify(old: u8, new: u8) -> Option<Change> {
+    if new == TCP_CLOSE {
+        // A handshake that never completed was never counted; SYN_RECV can still hold an
+        // outbound record (a failed simultaneous open).
+        return (live(old) || old == TCP_SYN_RECV).then_some(Change::Closed {
+            was_live: live(old),
+        });
+    }
+    if live(new) && !live(old) {
+        return Some(if old == TCP_SYN_RECV {
+            Change::PassiveEstablished
+        } else {
+            Change::Outbound
+        });
+    }
+    (old == TCP_SYN_SENT && new == TCP_SYN_RECV).then_some(Change::Outbound)
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn follow_transitions(ctx: BtfTracePointContext) -> u32 {
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    let Some(change) = classify(old as u8, new as u8) else {
+        return 0;
+    };
+    let sk: *const u8 = ctx.arg(0);
+    let port = match change {
+        Change::Closed { .. } => bound_port(sk),
+        // SAFETY: `sk` is the tracepoint's BTF-typed socket argument.
+        _ => unsafe { local_port(sk) },
+    };
+    let Some(slot) = port_slot(port) else {
+        return 0;
+    };
+    if !in_target(sk) {
+        return 0;
+    }
+    // SAFETY: as above.
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
+    match change {
+        Change::PassiveEstablished => passive_established(cookie, slot),
+        Change::Outbound => outbound(cookie, slot),
+        Change::Closed { was_live } => closed(cookie, slot, was_live),
+    }
+    0
+}
