@@ -197,7 +197,7 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
         rows.push(Row {
             measurement: format!("5. {connections} concurrent connections"),
             result: format!(
-                "counted {} (ss {}); map {:.1} MiB = {:.0} B/connection above the empty map; daemon RSS {:.1} MiB; attach + seed {:.0} ms",
+                "counted {} (ss {}); BPF maps {:.1} MiB = {:.0} B/connection above an idle daemon's; daemon RSS {:.1} MiB; attach + seed {:.0} ms",
                 point.counted,
                 point.ss,
                 point.map_bytes as f64 / 1048576.0,

@@ -252,7 +252,7 @@ pub struct Scale {
     pub counted: i64,
     pub ss: usize,
     pub attach_and_seed: Duration,
-    /// Kernel memory of the connection map, total and per connection above the empty map.
+    /// Kernel memory of all the daemon's maps, total and per connection above an idle daemon's.
     pub map_bytes: u64,
     pub map_bytes_per_connection: f64,
     pub daemon_rss_bytes: u64,
@@ -309,9 +309,10 @@ pub fn scale(bed: &Bed, connections: usize) -> Scale {
     result
 }
 
-/// `memlock:` of the daemon's connection map (the hash map with 1 Mi entries), from fdinfo.
+/// `memlock:` of all the daemon's BPF maps together, from fdinfo.
 fn map_memlock(pid: i32) -> u64 {
     let dir = format!("/proc/{pid}/fdinfo");
+    let mut total = 0;
     for entry in std::fs::read_dir(&dir).expect("fdinfo").flatten() {
         let Ok(info) = std::fs::read_to_string(entry.path()) else {
             continue;
@@ -321,11 +322,13 @@ fn map_memlock(pid: i32) -> u64 {
                 .find_map(|l| l.strip_prefix(name))
                 .map(str::trim)
         };
-        if field("map_type:") == Some("1") && field("max_entries:") == Some("1048576") {
-            return field("memlock:").and_then(|v| v.parse().ok()).unwrap_or(0);
+        if field("map_type:").is_some() {
+            total += field("memlock:")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
         }
     }
-    0
+    total
 }
 
 fn rss(pid: i32) -> u64 {

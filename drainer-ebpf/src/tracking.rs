@@ -52,6 +52,12 @@ pub static SWITCHES: Array<u32> = Array::with_max_entries(SWITCH_COUNT, 0);
 #[map]
 pub static OUTBOUND: HashMap<u64, u8> = HashMap::with_max_entries(65_536, BPF_F_NO_PREALLOC);
 
+/// How many entries [`OUTBOUND`] holds, so the usual case — none — skips its hash lookups. An
+/// entry is counted after it is inserted and before it is removed, both under the socket's lock,
+/// so a socket that has an entry always sees a non-zero count.
+#[map]
+pub static OUTBOUND_ENTRIES: Array<i64> = Array::with_max_entries(1, 0);
+
 /// Count changes while draining, so userspace wakes on the change rather than polling.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
@@ -163,15 +169,33 @@ pub fn passive_established(cookie: u64, slot: u32) {
 /// A socket on a guarded port became connected other than by accepting a handshake.
 pub fn outbound(cookie: u64, slot: u32) {
     match OUTBOUND.insert(&cookie, &0, u64::from(BPF_NOEXIST)) {
-        Ok(()) => {}
+        Ok(()) => count_outbound(1),
         Err(err) if err == -EEXIST => {}
         Err(_) => count_untracked(slot),
     }
 }
 
+fn count_outbound(delta: i64) {
+    if let Some(entries) = OUTBOUND_ENTRIES.get_ptr_mut(0) {
+        add(entries, delta);
+    }
+}
+
+fn any_outbound() -> bool {
+    OUTBOUND_ENTRIES.get(0).is_some_and(|n| *n != 0)
+}
+
 fn is_outbound(cookie: u64) -> bool {
     // SAFETY: only the presence of the entry is used.
-    unsafe { OUTBOUND.get(&cookie).is_some() }
+    any_outbound() && unsafe { OUTBOUND.get(&cookie).is_some() }
+}
+
+fn forget_outbound(cookie: u64) -> bool {
+    let removed = any_outbound() && OUTBOUND.remove(&cookie).is_ok();
+    if removed {
+        count_outbound(-1);
+    }
+    removed
 }
 
 /// A socket on a guarded port reached TCP_CLOSE; `was_live` tells whether it came from one of the
@@ -181,7 +205,7 @@ pub fn closed(cookie: u64, slot: u32, was_live: bool) {
         Some(true) => change_live(slot, -1, EventKind::Closed),
         Some(false) => {}
         None => {
-            let outbound = OUTBOUND.remove(&cookie).is_ok();
+            let outbound = forget_outbound(cookie);
             if was_live && !outbound && seeded() {
                 change_live(slot, -1, EventKind::Closed);
             }

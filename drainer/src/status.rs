@@ -54,7 +54,7 @@ pub struct Status {
     pub state: State,
     /// Live connections over all guarded ports.
     pub live: i64,
-    /// False when some connections could not be tracked (map full): `live` is a lower bound.
+    /// False when some connection could not be recorded (a full map): `live` is not exact.
     pub count_exact: bool,
     pub live_at_drain_start: Option<i64>,
     /// Connections refused since drainer started.
