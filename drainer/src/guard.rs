@@ -11,7 +11,6 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::{
-    connections,
     drain::{Count, Drain, Phase, ReleaseReason, Step, Trigger},
     programs::{PortCount, Programs},
     progress::Progress,
@@ -207,10 +206,12 @@ impl Guard {
             } => (Some(at - started), None, Some(outcome(reason))),
         };
         let most_idle = if with_connections {
-            connections::most_idle(&self.programs, self.progress.diag(), STATUS_MOST_IDLE)?
+            self.progress
+                .diag()
+                .most_idle(self.programs.ports(), STATUS_MOST_IDLE)?
                 .into_iter()
                 .map(|c| IdleConnection {
-                    port: c.port,
+                    port: c.local_port,
                     peer: c.peer.to_string(),
                     idle_seconds: c.idle.map(|a| a.as_secs_f64()),
                 })

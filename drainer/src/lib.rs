@@ -6,7 +6,6 @@ pub mod capabilities;
 pub mod child;
 pub mod cli;
 pub mod client;
-pub mod connections;
 pub mod control;
 pub mod daemon;
 pub mod drain;

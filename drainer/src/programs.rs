@@ -96,7 +96,10 @@ pub struct Target<'a> {
 /// them in the daemon's resident set for its whole life.
 fn release_freed_memory() {
     // SAFETY: malloc_trim(3) only releases free heap memory.
-    unsafe { libc::malloc_trim(0) };
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0)
+    };
 }
 
 /// The guarded ports as the bitmap the tracepoint tests.

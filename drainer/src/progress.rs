@@ -6,10 +6,9 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::{
-    connections::{self, LiveConnection},
     drain::Count,
     programs::{PortCount, Programs},
-    sock_diag::SockDiag,
+    sock_diag::{DiagSocket, SockDiag},
     systemd::Systemd,
 };
 
@@ -99,11 +98,7 @@ impl Progress {
             return;
         }
         match self.most_idle(programs, MOST_IDLE_SHOWN) {
-            Ok(listed) => info!(
-                live,
-                "{live} live; most idle: {}",
-                connections::list(&listed)
-            ),
+            Ok(listed) => info!(live, "{live} live; most idle: {}", list(&listed)),
             Err(err) => info!(live, "{live} live (cannot list them: {err:#})"),
         }
     }
@@ -115,7 +110,7 @@ impl Progress {
                 live = count.live,
                 "drain deadline passed with {} connections live: {}{}",
                 count.live,
-                connections::list(&stragglers),
+                list(&stragglers),
                 if count.live > stragglers.len() as i64 {
                     ", …"
                 } else {
@@ -133,8 +128,8 @@ impl Progress {
         &self.diag
     }
 
-    fn most_idle(&self, programs: &Programs, limit: usize) -> anyhow::Result<Vec<LiveConnection>> {
-        connections::most_idle(programs, &self.diag, limit)
+    fn most_idle(&self, programs: &Programs, limit: usize) -> anyhow::Result<Vec<DiagSocket>> {
+        self.diag.most_idle(programs.ports(), limit)
     }
 
     fn warn_if_inexact(&mut self, count: Count) {
@@ -146,4 +141,13 @@ impl Progress {
             );
         }
     }
+}
+
+/// `a, b, c` for a log line.
+fn list(connections: &[DiagSocket]) -> String {
+    connections
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

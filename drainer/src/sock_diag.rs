@@ -5,7 +5,7 @@
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap},
-    io,
+    fmt, io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::Duration,
@@ -48,6 +48,16 @@ pub struct DiagSocket {
     pub peer: SocketAddr,
     /// Time since data last went either way; `None` if the kernel did not say.
     pub idle: Option<Duration>,
+}
+
+impl fmt::Display for DiagSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}→:{}", self.peer, self.local_port)?;
+        match self.idle {
+            Some(idle) => write!(f, " idle {:.1}s", idle.as_secs_f64()),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A NETLINK_SOCK_DIAG socket bound to the namespace it was created in.
