@@ -94,8 +94,8 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
         }
     } else {
         Plan {
-            rounds: 7,
-            duration: Duration::from_secs(3),
+            rounds: 21,
+            duration: Duration::from_secs(1),
             drains: 200,
             scale: &[10_000, 100_000, 1_000_000],
             idle: Duration::from_secs(10),
@@ -116,10 +116,13 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
         eprintln!("bench: 1/6 new-connection rate");
         let rate = measure::connection_rate(&Bed::create("rate"), plan.rounds, plan.duration);
         let drainer_rate = rate.ratio(Variant::Drainer);
+        let (low, high) = rate.ratio_spread(Variant::Drainer);
+        let (nft_low, nft_high) = rate.ratio_spread(Variant::Nftables);
         rows.push(Row {
             measurement: "1. new connections/s (connect, 16 B request, close)".into(),
             result: format!(
-                "drainer {:.0}/s = **{:.3}** × limit {:.0}/s; nftables REJECT rule {:.3} × limit",
+                "drainer {:.0}/s = **{:.3}** × limit {:.0}/s (middle half of rounds \
+                 {low:.3}–{high:.3}); nftables REJECT rule {:.3} × limit ({nft_low:.3}–{nft_high:.3})",
                 rate.median(Variant::Drainer),
                 drainer_rate,
                 rate.median(Variant::Bare),

@@ -16,7 +16,7 @@ use crate::{
     clock::monotonic_ns,
     load,
     roles::raise_fd_limit,
-    stats::{Latencies, median},
+    stats::{Latencies, median, quantile, sorted},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +56,17 @@ pub struct Samples {
 impl Samples {
     /// Median over rounds of (variant / first variant), measured in the same round.
     pub fn ratio(&self, variant: Variant) -> f64 {
+        median(&self.ratios(variant))
+    }
+
+    /// The first and third quartiles of the per-round ratios: how far one round's figure can be
+    /// trusted on this machine.
+    pub fn ratio_spread(&self, variant: Variant) -> (f64, f64) {
+        let ratios = sorted(self.ratios(variant));
+        (quantile(&ratios, 0.25), quantile(&ratios, 0.75))
+    }
+
+    fn ratios(&self, variant: Variant) -> Vec<f64> {
         let base = &self.variants[0].1;
         let values = &self
             .variants
@@ -63,13 +74,7 @@ impl Samples {
             .find(|(v, _)| *v == variant)
             .expect("variant")
             .1;
-        median(
-            &values
-                .iter()
-                .zip(base)
-                .map(|(v, b)| v / b)
-                .collect::<Vec<_>>(),
-        )
+        values.iter().zip(base).map(|(v, b)| v / b).collect()
     }
 
     pub fn median(&self, variant: Variant) -> f64 {

@@ -31,15 +31,25 @@ pub const LIVE_TCP_STATES: [u8; 6] = [
     11, // CLOSING
 ];
 
-/// Per-port counters, written only by the kernel side (atomic adds), read by userspace.
+/// One CPU's counters for one port, written only by the kernel side (atomic adds), read by
+/// userspace. Each counter only grows.
+///
+/// The live count is the sum over CPUs of `opened` minus that of `closed`. Userspace reads every
+/// CPU's `closed` first and every CPU's `opened` after: a connection's close happens after its
+/// open, so each close read has its open read too, and a difference of zero means that, at the
+/// moment between the two reads, no connection was live. Read the other way round, a connection
+/// opening on one CPU and closing on another between the reads could hide a live one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortCounters {
-    /// Established server-side connections on this port that have not reached TCP_CLOSE.
-    pub live: i64,
+    /// Server-side connections on this port that completed their handshake (or were found
+    /// established at start-up).
+    pub opened: u64,
+    /// Of those, the ones that reached TCP_CLOSE.
+    pub closed: u64,
     /// Connection attempts answered with a reset because the port is draining.
     pub refused: u64,
-    /// Connections whose bookkeeping failed (a full map). Any non-zero value means `live` can no
+    /// Connections whose bookkeeping failed (a full map). Any non-zero value means the live count can no
     /// longer be trusted in either direction, and the count is reported as unknown.
     pub untracked: u64,
 }
@@ -53,7 +63,7 @@ pub enum EventKind {
 }
 
 /// Sent through the `EVENTS` ring buffer while draining, one per change of a port's live count.
-/// The count itself is read from `PORT_COUNTERS`, which is always exact.
+/// The count itself is read from `PORT_COUNTERS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {

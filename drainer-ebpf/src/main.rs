@@ -6,12 +6,14 @@
 //! - [`seed`]: `iter/tcp`, records the connections that were established before drainer started.
 //!
 //! [`tracking`] holds the counters and the rules that keep them exact, [`seeded`] the table of
-//! connections found at start-up, [`sock`] the reads of `struct sock`.
+//! connections found at start-up, [`ports`] the guarded ports, [`sock`] the reads of
+//! `struct sock`.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod ports;
 mod refuse;
 mod seed;
 mod seeded;

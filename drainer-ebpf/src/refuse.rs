@@ -11,7 +11,10 @@
 use aya_ebpf::{macros::sk_lookup, programs::SkLookupContext};
 use aya_log_ebpf::debug;
 
-use crate::tracking::{count_refused, draining, port_slot};
+use crate::{
+    ports,
+    tracking::{count_refused, draining},
+};
 
 const IPPROTO_TCP: u32 = 6;
 const SK_DROP: u32 = 0;
@@ -25,7 +28,7 @@ pub fn refuse_while_draining(ctx: SkLookupContext) -> u32 {
         return SK_PASS;
     }
     let port = lookup.local_port as u16;
-    let Some(slot) = port_slot(port) else {
+    let Some(slot) = ports::slot(port) else {
         return SK_PASS;
     };
     count_refused(slot);

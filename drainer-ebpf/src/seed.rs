@@ -3,19 +3,13 @@
 //! When: each read of the iterator visits every TCP socket of the namespace the iterator was
 //! created in: full sockets, request sockets and TIME_WAIT sockets. The kernel holds each full
 //! socket's lock while the program runs, so a socket cannot close half-way through being recorded;
-//! one that closes afterwards is seen by `transitions`, like any other. A TIME_WAIT socket on a
-//! guarded port is recorded as not counted: the full socket it replaced may not have reported
-//! its own close yet.
+//! one that closes afterwards is seen by `transitions`, like any other.
 //! Sees: `struct sock_common`. Only its first 20 bytes are read — addresses, ports, family and
 //! state — whose layout has not changed since Linux 3.x; nothing else is assumed about the struct.
 //! Cost: runs only when drainer starts; no per-packet cost.
-use aya_ebpf::helpers::bpf_get_socket_cookie;
-
 use drainer_common::LIVE_TCP_STATES;
 
-use crate::tracking::{found_closing, found_established, port_slot};
-
-const TCP_TIME_WAIT: u8 = 6;
+use crate::{ports, sock::Socket, tracking::found_established};
 
 /// `struct bpf_iter__tcp`.
 #[repr(C)]
@@ -52,19 +46,13 @@ pub extern "C" fn seed_established(ctx: *mut TcpIterContext) -> i32 {
     }
     // SAFETY: non-null BTF pointer to a sock_common; the fields read are in its stable head.
     let (state, port) = unsafe { ((*sk).state, (*sk).num) };
-    let is_live = live(state);
-    if !is_live && state != TCP_TIME_WAIT {
+    if !live(state) {
         return 0;
     }
-    let Some(slot) = port_slot(port) else {
+    let Some(slot) = ports::slot(port) else {
         return 0;
     };
     // SAFETY: `sk` is known to the verifier as sock_common, which holds the cookie.
-    let cookie = unsafe { bpf_get_socket_cookie(sk.cast()) };
-    if is_live {
-        found_established(cookie, slot);
-    } else {
-        found_closing(cookie, slot);
-    }
+    found_established(unsafe { Socket::new(sk.cast()) }, slot);
     0
 }

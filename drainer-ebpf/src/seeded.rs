@@ -6,7 +6,11 @@
 //! never needs reusing and a probe can stop at the first empty one. Adding and removing the same
 //! cookie never race (both happen under the socket's lock); different cookies racing for one slot
 //! are settled by compare-and-exchange.
-use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+//!
+//! Every close looks here first, and a lookup touches a cold cache line of a table that can be
+//! megabytes large; [`SEEDED_ENTRIES`] lets closes skip it once the connections found at start-up
+//! are all gone — at once, on a host where drainer started before its server.
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use aya_ebpf::{macros::map, maps::Array};
 
@@ -14,15 +18,18 @@ use aya_ebpf::{macros::map, maps::Array};
 #[map]
 pub static SEEDED: Array<u64> = Array::with_max_entries(1, 0);
 
+/// How many cookies the table holds. An entry is counted after it is added and before it is
+/// removed, both under the socket's lock, so a socket that has an entry always sees a non-zero
+/// count.
+#[map]
+pub static SEEDED_ENTRIES: Array<i64> = Array::with_max_entries(1, 0);
+
 /// The table's size minus one; set by the loader.
 #[unsafe(no_mangle)]
 static SEEDED_SLOT_MASK: u64 = 0;
 
 const EMPTY: u64 = 0;
 const REMOVED: u64 = u64::MAX;
-/// Marks the cookie of a socket the sweep found already closing (handed over to a TIME_WAIT
-/// socket): its close is still to be seen, and must not be counted. Cookies never reach bit 63.
-pub const NOT_COUNTED: u64 = 1 << 63;
 /// Probes before giving up; at half load a linear probe almost never needs more than a few.
 const PROBES: u64 = 64;
 
@@ -56,9 +63,20 @@ fn compare_exchange(slot: *mut u64, current: u64, new: u64) -> u64 {
     }
 }
 
-/// Adds `entry` (a cookie, possibly marked [`NOT_COUNTED`]) unless its cookie is present.
-pub fn insert(entry: u64) -> Insert {
-    let cookie = entry & !NOT_COUNTED;
+fn count_entries(delta: i64) {
+    if let Some(entries) = SEEDED_ENTRIES.get_ptr_mut(0) {
+        // SAFETY: `entries` points into a map value, valid for the program's run.
+        unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(entries, delta) };
+    }
+}
+
+/// Whether the table holds any cookie.
+pub fn any() -> bool {
+    SEEDED_ENTRIES.get(0).is_some_and(|n| *n != 0)
+}
+
+/// Adds `cookie` unless present.
+pub fn insert(cookie: u64) -> Insert {
     let start = first_slot(cookie);
     for probe in 0..PROBES {
         let Some(slot) = slot(start.wrapping_add(probe)) else {
@@ -67,32 +85,41 @@ pub fn insert(entry: u64) -> Insert {
         // SAFETY: as in `compare_exchange`.
         let mut current = unsafe { core::ptr::read_volatile(slot) };
         if current == EMPTY {
-            current = compare_exchange(slot, EMPTY, entry);
+            current = compare_exchange(slot, EMPTY, cookie);
             if current == EMPTY {
+                count_entries(1);
                 return Insert::Added;
             }
         }
-        if current != REMOVED && current & !NOT_COUNTED == cookie {
+        if current == cookie {
             return Insert::Present;
         }
     }
     Insert::Full
 }
 
-/// Removes `cookie` if present; `Some(counted)` says whether it was counted when added.
-pub fn remove(cookie: u64) -> Option<bool> {
+/// Removes `cookie`; whether it was present.
+pub fn remove(cookie: u64) -> bool {
+    if !any() {
+        return false;
+    }
     let start = first_slot(cookie);
     for probe in 0..PROBES {
-        let slot = slot(start.wrapping_add(probe))?;
+        let Some(slot) = slot(start.wrapping_add(probe)) else {
+            return false;
+        };
         // SAFETY: as in `compare_exchange`.
         let current = unsafe { core::ptr::read_volatile(slot) };
         if current == EMPTY {
-            return None;
+            return false;
         }
-        if current != REMOVED && current & !NOT_COUNTED == cookie {
-            return (compare_exchange(slot, current, REMOVED) == current)
-                .then_some(current & NOT_COUNTED == 0);
+        if current == cookie {
+            let removed = compare_exchange(slot, cookie, REMOVED) == cookie;
+            if removed {
+                count_entries(-1);
+            }
+            return removed;
         }
     }
-    None
+    false
 }

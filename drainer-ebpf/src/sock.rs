@@ -1,9 +1,12 @@
 //! Reading `struct sock` from a tracing program.
 //!
 //! The local port sits in the head of `struct sock_common`, whose layout has not changed since
-//! Linux 3.x, and is read directly. Other fields move between kernel builds, so the loader finds
-//! their offsets in the running kernel's BTF and they are read with `bpf_probe_read_kernel`.
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+//! Linux 3.x. Other fields move between kernel builds, so the loader finds their offsets in the
+//! running kernel's BTF. Fields of `struct sock` are loaded directly, checked by the verifier
+//! against the kernel's BTF; `inet_sport` lies beyond `struct sock`, in the `struct inet_sock`
+//! that contains it, where the verifier cannot follow, so it is read with
+//! `bpf_probe_read_kernel`.
+use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_probe_read_kernel};
 
 /// `skc_num`: the local port in host byte order.
 const SKC_NUM_OFFSET: usize = 14;
@@ -49,23 +52,35 @@ pub fn bound_port(sk: *const u8) -> u16 {
 }
 
 /// Whether the socket belongs to the guarded namespace.
-pub fn in_target(sk: *const u8) -> bool {
-    // SAFETY: a checked kernel read; a fault yields an error, not a crash.
-    let Ok(net) = (unsafe {
-        bpf_probe_read_kernel(
-            sk.wrapping_add(loaded(&SOCK_NET_OFFSET) as usize)
-                .cast::<usize>(),
-        )
-    }) else {
-        return false;
-    };
-    // SAFETY: as above.
+///
+/// # Safety
+/// As for [`local_port`].
+pub unsafe fn in_target(sk: *const u8) -> bool {
+    // SAFETY: the caller's promise. The offsets are read-only data, constants to the verifier,
+    // which checks both loads against the kernel's BTF (`sock.skc_net.net` is a `struct net *`).
     let cookie = unsafe {
-        bpf_probe_read_kernel(
-            (net as *const u8)
-                .wrapping_add(loaded(&NET_COOKIE_OFFSET) as usize)
-                .cast::<u64>(),
-        )
+        let net = *sk
+            .add(loaded(&SOCK_NET_OFFSET) as usize)
+            .cast::<*const u8>();
+        *net.add(loaded(&NET_COOKIE_OFFSET) as usize).cast::<u64>()
     };
-    cookie == Ok(loaded(&TARGET_NETNS_COOKIE))
+    cookie == loaded(&TARGET_NETNS_COOKIE)
+}
+
+/// A socket a program was handed, named by its cookie only when a record needs it: the cookie is
+/// a helper call, and most connections never need one.
+#[derive(Clone, Copy)]
+pub struct Socket(*mut core::ffi::c_void);
+
+impl Socket {
+    /// # Safety
+    /// `sk` must be a BTF-typed socket pointer the kernel passed to the program.
+    pub unsafe fn new(sk: *mut core::ffi::c_void) -> Self {
+        Self(sk)
+    }
+
+    pub fn cookie(self) -> u64 {
+        // SAFETY: `new`'s promise.
+        unsafe { bpf_get_socket_cookie(self.0) }
+    }
 }

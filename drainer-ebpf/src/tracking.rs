@@ -2,46 +2,43 @@
 //! open and close.
 //!
 //! A connection established while drainer runs costs no memory: its passive handshake completing
-//! adds one to its port's `live` counter and its reaching TCP_CLOSE subtracts one. Only two kinds
-//! of socket need a record, because their close must not be counted like the others:
+//! adds one to its port's `opened` counter and its reaching TCP_CLOSE one to `closed`. Only two
+//! kinds of socket need a record, because their close must not be counted like the others:
 //!
 //! - connections that already existed when drainer started, recorded by the start-up sweep in the
 //!   [`seeded`](crate::seeded) table. Until the sweep has finished (`SWITCH_SEEDED`), a close that
 //!   finds no record is one of those the sweep never reached, and is not counted; connections
-//!   established meanwhile go into the table too, so the sweep cannot count them twice. A socket
-//!   the sweep finds already handed over to TIME_WAIT is recorded as not counted, because its
-//!   own close can still arrive after the sweep.
+//!   established meanwhile go into the table too, so the sweep cannot count them twice.
 //! - outbound connections from a guarded port (a client bound to it, or a simultaneous open), held
 //!   in [`OUTBOUND`] so that their close is not taken for a server connection's.
 //!
-//! Every counter change is an atomic add made by whichever program succeeded at the record
-//! operation (insert or remove), so two programs seeing the same socket count it once.
+//! Every counter change is made by whichever program succeeded at the record operation (insert or
+//! remove), so two programs seeing the same socket count it once. While both tables are empty —
+//! always, on a host where drainer started before its server and nothing connects out from the
+//! guarded ports — no socket cookie is even asked for.
+//!
+//! The counters are per CPU, so connections opening and closing on different CPUs never contend
+//! for one cache line; `drainer_common::PortCounters` says how userspace sums them exactly.
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::map,
-    maps::{Array, HashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use drainer_common::{
     Event, EventKind, MAX_PORTS, PortCounters, SWITCH_COUNT, SWITCH_DRAINING, SWITCH_SEEDED,
 };
 
-use crate::seeded::{self, Insert};
+use crate::{
+    seeded::{self, Insert},
+    sock::Socket,
+};
 
-/// Guarded port (host byte order) → its slot in [`PORT_COUNTERS`]. Written once by userspace
-/// before any program is attached.
+/// Per-port counters of each CPU, indexed by slot; only this side writes them. Adds are atomic:
+/// another program (or this one, from an interrupt) can update the same CPU's copy mid-way.
 #[map]
-pub static PORT_SLOTS: HashMap<u16, u32> = HashMap::with_max_entries(MAX_PORTS, 0);
-
-/// One bit per port number, set for the guarded ports: the test every TCP state change on the
-/// host makes, so it is a plain load rather than a hash lookup. Set by the loader.
-#[unsafe(no_mangle)]
-static GUARDED_PORT_BITS: [u64; 1024] = [0; 1024];
-
-/// Per-port counters, indexed by slot; only this side writes them, with atomic adds.
-#[map]
-pub static PORT_COUNTERS: Array<PortCounters> = Array::with_max_entries(MAX_PORTS, 0);
+pub static PORT_COUNTERS: PerCpuArray<PortCounters> = PerCpuArray::with_max_entries(MAX_PORTS, 0);
 
 /// Switches userspace flips; see `drainer_common::SWITCH_*`.
 #[map]
@@ -64,23 +61,6 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 const EEXIST: i32 = 17;
 
-/// Whether `port` is guarded, without touching a map.
-pub fn guarded(port: u16) -> bool {
-    let word = usize::from(port >> 6);
-    // SAFETY: `word` < 1024; the static is read-only data the loader filled in.
-    let bits =
-        unsafe { core::ptr::read_volatile((&raw const GUARDED_PORT_BITS).cast::<u64>().add(word)) };
-    bits & (1 << (port & 63)) != 0
-}
-
-pub fn port_slot(port: u16) -> Option<u32> {
-    if !guarded(port) {
-        return None;
-    }
-    // SAFETY: the value is a plain u32 copied out before the map can change.
-    unsafe { PORT_SLOTS.get(&port).copied() }
-}
-
 fn switch(index: u32) -> bool {
     SWITCHES.get(index).is_some_and(|v| *v != 0)
 }
@@ -93,82 +73,78 @@ fn seeded() -> bool {
     switch(SWITCH_SEEDED)
 }
 
-fn counters(slot: u32) -> Option<*mut PortCounters> {
-    PORT_COUNTERS.get_ptr_mut(slot)
-}
-
-// The old value is not used: a fetching add needs BPF CPU v3, and userspace reads the counter
-// itself when an event wakes it.
 fn add(counter: *mut i64, delta: i64) {
     // SAFETY: `counter` points into a map value, which stays valid for the program's run.
     unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(counter, delta) };
 }
 
-fn bump(counter: *mut u64) {
-    // SAFETY: as in `add`.
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1) };
+// The old value is not used: a fetching add needs BPF CPU v3.
+fn bump(counter: impl FnOnce(*mut PortCounters) -> *mut u64, slot: u32) {
+    if let Some(counters) = PORT_COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: as in `add`.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter(counters), 1) };
+    }
 }
 
 pub fn count_refused(slot: u32) {
-    if let Some(c) = counters(slot) {
-        // SAFETY: `c` is a valid map value pointer.
-        bump(unsafe { &raw mut (*c).refused });
-    }
+    // SAFETY: the pointer is a valid map value pointer; only a field address is taken.
+    bump(|c| unsafe { &raw mut (*c).refused }, slot);
 }
 
 fn count_untracked(slot: u32) {
-    if let Some(c) = counters(slot) {
-        // SAFETY: `c` is a valid map value pointer.
-        bump(unsafe { &raw mut (*c).untracked });
-    }
+    // SAFETY: as in `count_refused`.
+    bump(|c| unsafe { &raw mut (*c).untracked }, slot);
 }
 
-fn change_live(slot: u32, delta: i64, kind: EventKind) {
-    let Some(c) = counters(slot) else { return };
-    // SAFETY: `c` is a valid map value pointer.
-    add(unsafe { &raw mut (*c).live }, delta);
-    notify(slot, kind);
+fn count_opened(slot: u32) {
+    // SAFETY: as in `count_refused`.
+    bump(|c| unsafe { &raw mut (*c).opened }, slot);
+    notify(slot, EventKind::Opened);
+}
+
+fn count_closed(slot: u32) {
+    // SAFETY: as in `count_refused`.
+    bump(|c| unsafe { &raw mut (*c).closed }, slot);
+    notify(slot, EventKind::Closed);
 }
 
 fn record_seeded(cookie: u64, slot: u32) {
     match seeded::insert(cookie) {
-        Insert::Added => change_live(slot, 1, EventKind::Opened),
+        Insert::Added => count_opened(slot),
         Insert::Present => {}
         Insert::Full => count_untracked(slot),
     }
 }
 
 /// A connection the start-up sweep found established.
-pub fn found_established(cookie: u64, slot: u32) {
+pub fn found_established(sk: Socket, slot: u32) {
+    let cookie = sk.cookie();
     if !is_outbound(cookie) {
         record_seeded(cookie, slot);
     }
 }
 
-/// A socket the start-up sweep found handing over to a TIME_WAIT socket: the full socket's own
-/// close may still be on its way, and is not to be counted.
-pub fn found_closing(cookie: u64, slot: u32) {
-    if let Insert::Full = seeded::insert(cookie | seeded::NOT_COUNTED) {
-        count_untracked(slot);
-    }
-}
-
 /// A server-side connection completed its handshake.
-pub fn passive_established(cookie: u64, slot: u32) {
+pub fn passive_established(sk: Socket, slot: u32) {
+    if seeded() && !any_outbound() {
+        count_opened(slot);
+        return;
+    }
+    let cookie = sk.cookie();
     if is_outbound(cookie) {
         // The second half of a simultaneous open.
         return;
     }
     if seeded() {
-        change_live(slot, 1, EventKind::Opened);
+        count_opened(slot);
     } else {
         record_seeded(cookie, slot);
     }
 }
 
 /// A socket on a guarded port became connected other than by accepting a handshake.
-pub fn outbound(cookie: u64, slot: u32) {
-    match OUTBOUND.insert(&cookie, &0, u64::from(BPF_NOEXIST)) {
+pub fn outbound(sk: Socket, slot: u32) {
+    match OUTBOUND.insert(&sk.cookie(), &0, u64::from(BPF_NOEXIST)) {
         Ok(()) => count_outbound(1),
         Err(err) if err == -EEXIST => {}
         Err(_) => count_untracked(slot),
@@ -200,16 +176,19 @@ fn forget_outbound(cookie: u64) -> bool {
 
 /// A socket on a guarded port reached TCP_CLOSE; `was_live` tells whether it came from one of the
 /// live states (rather than from a handshake that never completed).
-pub fn closed(cookie: u64, slot: u32, was_live: bool) {
-    match seeded::remove(cookie) {
-        Some(true) => change_live(slot, -1, EventKind::Closed),
-        Some(false) => {}
-        None => {
-            let outbound = forget_outbound(cookie);
-            if was_live && !outbound && seeded() {
-                change_live(slot, -1, EventKind::Closed);
-            }
+pub fn closed(sk: Socket, slot: u32, was_live: bool) {
+    if seeded::any() || any_outbound() {
+        let cookie = sk.cookie();
+        if seeded::remove(cookie) {
+            count_closed(slot);
+            return;
         }
+        if forget_outbound(cookie) {
+            return;
+        }
+    }
+    if was_live && seeded() {
+        count_closed(slot);
     }
 }
 

@@ -14,16 +14,15 @@
 //!   orphaned socket handed over to TIME_WAIT — and never leaves that state.
 //!
 //! Cost: every state change pays two compares on the states; those three kinds also read the
-//! socket's port (at TCP_CLOSE with one checked kernel read) and test one bit. Only sockets on a
-//! guarded port go further.
-use aya_ebpf::{
-    helpers::bpf_get_socket_cookie, macros::btf_tracepoint, programs::BtfTracePointContext,
-};
+//! socket's port (at TCP_CLOSE with one checked kernel read) and test one bit of a word. Only
+//! sockets on a guarded port go further: two loads for the namespace, one per-CPU add.
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use drainer_common::{LIVE_TCP_STATES, TCP_CLOSE, TCP_SYN_RECV, TCP_SYN_SENT};
 
 use crate::{
-    sock::{bound_port, in_target, local_port},
-    tracking::{closed, outbound, passive_established, port_slot},
+    ports,
+    sock::{Socket, bound_port, in_target, local_port},
+    tracking::{closed, outbound, passive_established},
 };
 
 enum Change {
@@ -67,18 +66,19 @@ pub fn follow_transitions(ctx: BtfTracePointContext) -> u32 {
         // SAFETY: `sk` is the tracepoint's BTF-typed socket argument.
         _ => unsafe { local_port(sk) },
     };
-    let Some(slot) = port_slot(port) else {
+    let Some(slot) = ports::slot(port) else {
         return 0;
     };
-    if !in_target(sk) {
+    // SAFETY: as above.
+    if !unsafe { in_target(sk) } {
         return 0;
     }
     // SAFETY: as above.
-    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
+    let sk = unsafe { Socket::new(sk as *mut _) };
     match change {
-        Change::PassiveEstablished => passive_established(cookie, slot),
-        Change::Outbound => outbound(cookie, slot),
-        Change::Closed { was_live } => closed(cookie, slot, was_live),
+        Change::PassiveEstablished => passive_established(sk, slot),
+        Change::Outbound => outbound(sk, slot),
+        Change::Closed { was_live } => closed(sk, slot, was_live),
     }
     0
 }

@@ -224,7 +224,7 @@ impl Guard {
             live: count.live,
             count_exact: count.exact,
             live_at_drain_start: self.live_at_start,
-            refused: counts.iter().map(|c| c.counters.refused).sum(),
+            refused: counts.iter().map(|c| c.refused).sum(),
             drain_elapsed_seconds: elapsed.map(|d| d.as_secs_f64()),
             deadline_left_seconds: left.map(|d| d.as_secs_f64()),
             outcome,
@@ -233,9 +233,9 @@ impl Guard {
                 .iter()
                 .map(|c| PortStatus {
                     port: c.port,
-                    live: c.counters.live,
-                    refused: c.counters.refused,
-                    untracked: c.counters.untracked,
+                    live: c.live,
+                    refused: c.refused,
+                    untracked: c.untracked,
                 })
                 .collect(),
             most_idle,
@@ -264,7 +264,7 @@ pub fn outcome(reason: ReleaseReason) -> Outcome {
 /// The sum over ports.
 pub fn total(counts: &[PortCount]) -> Count {
     Count {
-        live: counts.iter().map(|c| c.counters.live).sum(),
-        exact: counts.iter().all(|c| c.counters.untracked == 0),
+        live: counts.iter().map(|c| c.live).sum(),
+        exact: counts.iter().all(|c| c.untracked == 0),
     }
 }

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, Iter, SkLookup},
 };
 use aya_log::EbpfLogger;
@@ -102,13 +102,16 @@ fn release_freed_memory() {
     };
 }
 
-/// The guarded ports as the bitmap the tracepoint tests.
-fn port_bits(ports: &[u16]) -> [u64; 1024] {
-    let mut bits = [0u64; 1024];
-    for &port in ports {
-        bits[usize::from(port >> 6)] |= 1 << (port & 63);
+/// The guarded ports as the programs read them: the list in slot order, padded, and the filter
+/// with bit `port % 64` set for each.
+fn guarded_ports(ports: &[u16]) -> ([u16; MAX_PORTS as usize], u64) {
+    let mut list = [0u16; MAX_PORTS as usize];
+    let mut filter = 0u64;
+    for (entry, &port) in list.iter_mut().zip(ports) {
+        *entry = port;
+        filter |= 1 << (port % 64);
     }
-    bits
+    (list, filter)
 }
 
 /// Slots for the table of connections found at start-up: twice the namespace's TCP sockets and
@@ -118,11 +121,14 @@ fn seeded_table_slots(tcp_sockets: u64) -> Result<u32> {
         .context("too many TCP sockets in the namespace to seed a table for")
 }
 
-/// A port's counters as the kernel side last wrote them.
+/// A port's counters summed over CPUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortCount {
     pub port: u16,
-    pub counters: PortCounters,
+    /// Established server-side connections that have not reached TCP_CLOSE.
+    pub live: i64,
+    pub refused: u64,
+    pub untracked: u64,
 }
 
 /// The attached programs and their maps.
@@ -151,7 +157,8 @@ impl Programs {
         let netns_cookie = target.netns.cookie()?;
         let seeded_slots = seeded_table_slots(target.netns.run_inside(sockstat::tcp_sockets)?)?;
         let seeded_slot_mask = u64::from(seeded_slots - 1);
-        let port_bits = port_bits(target.ports);
+        let (port_list, port_filter) = guarded_ports(target.ports);
+        let port_count = target.ports.len() as u64;
         let ebpf_log_level = ebpf_log_level();
         let ebpf = EbpfLoader::new()
             .btf(&btf)
@@ -159,7 +166,9 @@ impl Programs {
             .override_global("SOCK_NET_OFFSET", &layout.sock_net, true)
             .override_global("NET_COOKIE_OFFSET", &layout.net_cookie, true)
             .override_global("INET_SPORT_OFFSET", &layout.inet_sport, true)
-            .override_global("GUARDED_PORT_BITS", &port_bits, true)
+            .override_global("GUARDED_PORTS", &port_list, true)
+            .override_global("GUARDED_PORT_COUNT", &port_count, true)
+            .override_global("GUARDED_PORT_FILTER", &port_filter, true)
             .override_global("SEEDED_SLOT_MASK", &seeded_slot_mask, true)
             .override_global("AYA_LOG_LEVEL", &ebpf_log_level, true)
             .map_max_entries("SEEDED", seeded_slots)
@@ -169,31 +178,19 @@ impl Programs {
             ebpf,
             ports: target.ports.to_vec(),
         };
-        programs.write_port_slots()?;
 
         // Order matters: state changes are followed before the existing connections are swept,
         // so no connection falls between the two; see drainer-ebpf/src/tracking.rs.
         programs.attach_transitions(&btf)?;
         programs.seed(&btf, target.netns)?;
-        // A socket the sweep missed because it was closing can still be on its way from leaving
-        // the hash table to reporting its close; give it time to report as unseeded.
+        // A socket the sweep missed because it was closing — out of the hash table, or replaced
+        // there by its TIME_WAIT mini-socket — can still be on its way to reporting its close;
+        // give it time to report while such closes are not counted.
         std::thread::sleep(SEED_SETTLE);
         programs.set_switch(SWITCH_SEEDED)?;
         programs.attach_refuse(target.netns)?;
         release_freed_memory();
         Ok(programs)
-    }
-
-    fn write_port_slots(&mut self) -> Result<()> {
-        let ports = self.ports.clone();
-        let mut slots: HashMap<_, u16, u32> =
-            HashMap::try_from(self.map_mut("PORT_SLOTS")?).context("PORT_SLOTS map")?;
-        for (slot, port) in ports.iter().enumerate() {
-            slots
-                .insert(port, &(slot as u32), 0)
-                .context("writing PORT_SLOTS")?;
-        }
-        Ok(())
     }
 
     fn attach_transitions(&mut self, btf: &Btf) -> Result<()> {
@@ -250,16 +247,28 @@ impl Programs {
 
     /// Each port's counters, in the order the ports were given.
     pub fn counts(&self) -> Result<Vec<PortCount>> {
-        let counters: Array<_, PortCounters> =
-            Array::try_from(self.map("PORT_COUNTERS")?).context("PORT_COUNTERS map")?;
+        let counters: PerCpuArray<_, PortCounters> =
+            PerCpuArray::try_from(self.map("PORT_COUNTERS")?).context("PORT_COUNTERS map")?;
+        let read = |slot: u32| {
+            counters
+                .get(&slot, 0)
+                .context("reading PORT_COUNTERS")
+                .map(|per_cpu| per_cpu.iter().copied().collect::<Vec<_>>())
+        };
         self.ports
             .iter()
             .enumerate()
             .map(|(slot, &port)| {
-                let counters = counters
-                    .get(&(slot as u32), 0)
-                    .context("reading PORT_COUNTERS")?;
-                Ok(PortCount { port, counters })
+                // Closes before opens: see `PortCounters`.
+                let closed: u64 = read(slot as u32)?.iter().map(|c| c.closed).sum();
+                let later = read(slot as u32)?;
+                let opened: u64 = later.iter().map(|c| c.opened).sum();
+                Ok(PortCount {
+                    port,
+                    live: opened.wrapping_sub(closed) as i64,
+                    refused: later.iter().map(|c| c.refused).sum(),
+                    untracked: later.iter().map(|c| c.untracked).sum(),
+                })
             })
             .collect()
     }
@@ -298,5 +307,18 @@ impl Programs {
         self.ebpf
             .program_mut(name)
             .with_context(|| format!("the eBPF object has no program {name}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guarded_ports_keep_slot_order_and_set_one_filter_bit_each() {
+        let (list, filter) = guarded_ports(&[8000, 443, 8064]);
+        assert_eq!(&list[..4], &[8000, 443, 8064, 0]);
+        // 8000 and 8064 share a bit (both ≡ 0 mod 64); 443 ≡ 59.
+        assert_eq!(filter, 1 | 1 << 59);
     }
 }

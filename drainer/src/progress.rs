@@ -50,7 +50,7 @@ impl Progress {
     ) {
         let per_port = counts
             .iter()
-            .map(|c| format!("port {}: {}", c.port, c.counters.live))
+            .map(|c| format!("port {}: {}", c.port, c.live))
             .collect::<Vec<_>>()
             .join(", ");
         info!(
