@@ -1,6 +1,6 @@
 //! Checking, before touching the kernel, that drainer holds the capabilities it needs, so a missing
 //! one is named instead of surfacing as a bare EPERM from bpf(2).
-use std::fs;
+use std::{fs, io};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -12,10 +12,30 @@ pub struct Capability {
     pub why: &'static str,
 }
 
+pub const CAP_KILL: Capability = Capability {
+    name: "CAP_KILL",
+    bit: 5,
+    why: "signalling a server that runs as another user",
+};
+pub const CAP_SETGID: Capability = Capability {
+    name: "CAP_SETGID",
+    bit: 6,
+    why: "starting the server as --group",
+};
+pub const CAP_SETUID: Capability = Capability {
+    name: "CAP_SETUID",
+    bit: 7,
+    why: "starting the server as --user",
+};
+pub const CAP_SETPCAP: Capability = Capability {
+    name: "CAP_SETPCAP",
+    bit: 8,
+    why: "keeping drainer's own capabilities from the server",
+};
 pub const CAP_NET_ADMIN: Capability = Capability {
     name: "CAP_NET_ADMIN",
     bit: 12,
-    why: "sock_ops and sk_lookup programs",
+    why: "the sk_lookup program",
 };
 pub const CAP_SYS_ADMIN: Capability = Capability {
     name: "CAP_SYS_ADMIN",
@@ -56,6 +76,108 @@ fn effective_set(status: &str) -> Option<u64> {
         .lines()
         .find_map(|line| line.strip_prefix("CapEff:"))?;
     u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+pub fn check(result: libc::c_int) -> io::Result<()> {
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The highest capability number the running kernel knows.
+pub fn last_capability() -> Result<u32> {
+    let text = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .context("reading /proc/sys/kernel/cap_last_cap")?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("/proc/sys/kernel/cap_last_cap holds {text:?}"))
+}
+
+/// The effective, permitted and inheritable sets, as capget(2) and capset(2) exchange them.
+pub struct CapabilitySets {
+    data: [CapData; 2],
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+impl CapabilitySets {
+    pub fn current() -> io::Result<Self> {
+        let mut header = CapHeader {
+            version: CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let mut data = [CapData::default(); 2];
+        // SAFETY: capget with a version-3 header and room for its two data words.
+        check(unsafe {
+            libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) as libc::c_int
+        })?;
+        Ok(Self { data })
+    }
+
+    pub fn effective(&self, cap: u32) -> bool {
+        self.data
+            .get((cap / 32) as usize)
+            .is_some_and(|word| word.effective & (1 << (cap % 32)) != 0)
+    }
+
+    /// Removes `cap` from the effective, permitted and inheritable sets; an ambient capability
+    /// leaves with it.
+    pub fn remove(&mut self, cap: u32) {
+        let Some(word) = self.data.get_mut((cap / 32) as usize) else {
+            return;
+        };
+        let bit = !(1u32 << (cap % 32));
+        word.effective &= bit;
+        word.permitted &= bit;
+        word.inheritable &= bit;
+    }
+
+    pub fn install(&self) -> io::Result<()> {
+        let mut header = CapHeader {
+            version: CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        // SAFETY: capset with a version-3 header and its two data words.
+        check(unsafe {
+            libc::syscall(libc::SYS_capset, &raw mut header, self.data.as_ptr()) as libc::c_int
+        })
+    }
+}
+
+/// Drops every capability but `kept` from all of drainer's own sets, bounding included: what
+/// start-up needed is done, and an exploited drainer should not hold it any more.
+pub fn keep_only(kept: &[Capability]) -> Result<()> {
+    let kept = |cap: u32| kept.iter().any(|k| k.bit == cap);
+    let last = last_capability()?;
+    let mut sets = CapabilitySets::current().context("capget")?;
+    // Only exec consults the bounding set, and drainer execs nothing after start-up: trimming it
+    // is thoroughness, done when drainer holds CAP_SETPCAP (as root does) and skipped otherwise.
+    if sets.effective(CAP_SETPCAP.bit) {
+        for cap in (0..=last).filter(|&cap| !kept(cap)) {
+            // SAFETY: prctl with integer arguments.
+            check(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) })
+                .with_context(|| format!("dropping capability {cap} from the bounding set"))?;
+        }
+    }
+    for cap in (0..=last).filter(|&cap| !kept(cap)) {
+        sets.remove(cap);
+    }
+    sets.install().context("capset")
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@ use nix::{
     unistd::Pid,
 };
 
+use crate::privileges::ChildPrivileges;
+
 #[derive(Debug)]
 pub struct Child {
     pid: Pid,
@@ -28,18 +30,23 @@ pub struct Child {
 }
 
 impl Child {
-    /// Starts `argv` in a new process group.
-    pub fn spawn(argv: &[OsString]) -> Result<Self> {
+    /// Starts `argv` in a new process group, with `privileges` applied.
+    pub fn spawn(argv: &[OsString], privileges: &ChildPrivileges) -> Result<Self> {
         let Some((program, args)) = argv.split_first() else {
             bail!(
                 "no command to run: give it after `--`, e.g. `drainer run --port 8000 -- uvicorn app:app`"
             );
         };
-        let child = Command::new(program)
+        let mut command = Command::new(program);
+        command
             .args(args)
             .process_group(0)
             // systemd talks to drainer; the server must not report readiness in its place.
-            .env_remove("NOTIFY_SOCKET")
+            .env_remove("NOTIFY_SOCKET");
+        let privileges = privileges.clone();
+        // SAFETY: `apply` makes system calls only, as the time between fork and exec requires.
+        unsafe { command.pre_exec(move || privileges.apply()) };
+        let child = command
             .spawn()
             .with_context(|| format!("cannot start {}", program.to_string_lossy()))?;
         let pid = Pid::from_raw(child.id() as i32);

@@ -50,6 +50,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub kill_after: Duration,
 
+    /// Run the server as this user (name or uid), with no capabilities at all.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// With --user: run the server with this group (name or gid) instead of the user's own.
+    #[arg(long, value_name = "GROUP", requires = "user")]
+    pub group: Option<String>,
+
     /// The server command and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,

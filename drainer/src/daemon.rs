@@ -23,7 +23,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    capabilities::{self, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN},
+    capabilities::{self, CAP_BPF, CAP_KILL, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN},
     control::{self, Allowed, Command},
     drain::{Drain, Trigger},
     guard::{Action, Guard},
@@ -67,6 +67,7 @@ pub fn daemon(options: DaemonOptions) -> Result<i32> {
         bail!("--http-token-file protects the HTTP drain endpoint: give --http ADDR as well");
     }
     let attached = startup::attach(&options.ports, &netns)?;
+    let _claims = attached.claims;
     let guard = Guard::new(
         attached.programs,
         attached.diag,
@@ -92,6 +93,9 @@ async fn serve(mut guard: Guard, options: DaemonOptions, token: Option<String>) 
         ),
         None => None,
     };
+    // Everything privileged is done; signalling the release target (which may belong to another
+    // user) is all that is left.
+    capabilities::keep_only(&[CAP_KILL])?;
 
     let guard = Rc::new(RefCell::new(guard));
     let (commands, mut requests) = mpsc::unbounded_channel();

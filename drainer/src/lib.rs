@@ -4,6 +4,7 @@
 //! drain live in [`drain`], a pure state machine.
 pub mod capabilities;
 pub mod child;
+pub mod claim;
 pub mod cli;
 pub mod client;
 pub mod control;
@@ -17,6 +18,7 @@ pub mod logging;
 pub mod loop_io;
 pub mod metrics;
 pub mod netns;
+pub mod privileges;
 pub mod programs;
 pub mod progress;
 pub mod release_target;

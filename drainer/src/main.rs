@@ -19,6 +19,8 @@ fn main() -> ExitCode {
             ports: args.ports,
             drain_timeout: args.drain_timeout,
             kill_after: args.kill_after,
+            user: args.user,
+            group: args.group,
             command: args.command,
         }),
         Command::Daemon(args) => daemon::daemon(DaemonOptions {

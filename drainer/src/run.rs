@@ -15,12 +15,15 @@ use tokio::{
 use tracing::{error, info};
 
 use crate::{
-    capabilities::{self, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON},
+    capabilities::{
+        self, CAP_BPF, CAP_KILL, CAP_NET_ADMIN, CAP_PERFMON, CAP_SETGID, CAP_SETPCAP, CAP_SETUID,
+    },
     child::{Child, ExitStatus},
     drain::{Drain, Trigger},
     guard::{Action, Guard},
     loop_io::{drain_ring, flush_logs, watch},
     netns::Netns,
+    privileges::{ChildPrivileges, Identity},
     startup,
 };
 
@@ -28,6 +31,9 @@ pub struct RunOptions {
     pub ports: Vec<u16>,
     pub drain_timeout: Duration,
     pub kill_after: Duration,
+    /// Run the server as this user (and group) rather than drainer's own.
+    pub user: Option<String>,
+    pub group: Option<String>,
     pub command: Vec<OsString>,
 }
 
@@ -42,15 +48,30 @@ const FORWARDED: [Signal; 5] = [
 
 /// Runs the command under drainer's guard; returns the exit code drainer should exit with.
 pub fn run(options: RunOptions) -> Result<i32> {
-    capabilities::require(&[CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON])?;
+    let identity = options
+        .user
+        .as_deref()
+        .map(|user| Identity::resolve(user, options.group.as_deref()))
+        .transpose()?;
+    let mut needed = vec![CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SETPCAP];
+    if identity.is_some() {
+        needed.extend([CAP_SETUID, CAP_SETGID, CAP_KILL]);
+    }
+    capabilities::require(&needed)?;
+    let privileges = ChildPrivileges::new(identity)?;
     let netns = Netns::current()?;
     let attached = startup::attach(&options.ports, &netns)?;
+    let _claims = attached.claims;
     let drain = Drain::new(options.drain_timeout, Some(options.kill_after));
     let guard = Guard::new(attached.programs, attached.diag, drain, options.kill_after);
-    tokio_uring::start(supervise(guard, options))
+    tokio_uring::start(supervise(guard, options, privileges))
 }
 
-async fn supervise(mut guard: Guard, options: RunOptions) -> Result<i32> {
+async fn supervise(
+    mut guard: Guard,
+    options: RunOptions,
+    privileges: ChildPrivileges,
+) -> Result<i32> {
     // Listen before the child exists, so no signal sent from then on is lost.
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -60,7 +81,10 @@ async fn supervise(mut guard: Guard, options: RunOptions) -> Result<i32> {
     let mut ebpf_logs =
         watch(guard.programs_mut().take_logger()?).context("watching the eBPF logs")?;
 
-    let child = watch(Child::spawn(&options.command)?).context("watching the command's pidfd")?;
+    let child = watch(Child::spawn(&options.command, &privileges)?)
+        .context("watching the command's pidfd")?;
+    // Signalling the server (which may run as another user) is all that is left to do.
+    capabilities::keep_only(&[CAP_KILL])?;
     info!(
         pid = child.get_ref().pid().as_raw(),
         "started {}",

@@ -3,6 +3,7 @@ use anyhow::Result;
 use tracing::info;
 
 use crate::{
+    claim::{self, PortClaims},
     guard::total,
     netns::Netns,
     programs::{Programs, Target},
@@ -10,12 +11,15 @@ use crate::{
 };
 
 pub struct Attached {
+    /// Held until drainer exits: no other drainer can guard these ports meanwhile.
+    pub claims: PortClaims,
     pub programs: Programs,
     /// Opened inside the guarded namespace, to name peers there.
     pub diag: SockDiag,
 }
 
 pub fn attach(ports: &[u16], netns: &Netns) -> Result<Attached> {
+    let claims = claim::claim(ports, netns)?;
     let programs = Programs::attach(&Target { ports, netns })?;
     let diag = netns.run_inside(SockDiag::open)?;
     let count = total(&programs.counts()?);
@@ -30,5 +34,9 @@ pub fn attach(ports: &[u16], netns: &Netns) -> Result<Attached> {
         netns.describe(),
         count.live
     );
-    Ok(Attached { programs, diag })
+    Ok(Attached {
+        claims,
+        programs,
+        diag,
+    })
 }

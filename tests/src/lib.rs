@@ -3,6 +3,7 @@
 //!
 //! The tests need root (they load eBPF programs and create namespaces). Without it they fail with
 //! a message saying so; they never skip.
+pub mod capabilities;
 pub mod fixtures;
 pub mod netns;
 pub mod process;
@@ -57,12 +58,45 @@ pub fn drainer_run(netns: &netns::TestNetns, args: &[&str]) -> process::Process 
     process::Process::spawn("drainer", command)
 }
 
+/// The pid of the server `drainer run` started, from its "started … pid=N" log line.
+pub fn server_pid(drainer: &process::Process) -> nix::unistd::Pid {
+    drainer
+        .wait_for_match(
+            |line| line.contains("started") && line.contains("pid="),
+            std::time::Duration::from_secs(5),
+        )
+        .and_then(|line| {
+            line.text
+                .split("pid=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .map(nix::unistd::Pid::from_raw)
+        .expect("drainer logged no server pid")
+}
+
 /// The `live=N` field of a drainer log line.
 pub fn live_field(line: &str) -> i64 {
     line.split_whitespace()
         .find_map(|word| word.strip_prefix("live="))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no live=N in {line:?}"))
+}
+
+/// The command line of the echo server (tests/python/echo_server.py) listening on each
+/// `host port` pair; it prints `listening` once bound.
+pub fn echo_server_command(listen: &[(&str, u16)]) -> Vec<String> {
+    let mut command = vec![
+        python().display().to_string(),
+        script("echo_server.py").display().to_string(),
+    ];
+    for (host, port) in listen {
+        command.extend([host.to_string(), port.to_string()]);
+    }
+    command
 }
 
 /// The echo server (tests/python/echo_server.py) listening on each `host port` pair in `netns`.

@@ -1,0 +1,164 @@
+//! What the supervised server is allowed: never the powers drainer holds for the kernel side.
+//!
+//! drainer runs with the capabilities to load and attach BPF programs. A server that inherited
+//! them could, once compromised, detach drainer's programs or load its own. So between fork and
+//! exec the child removes CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_PERFMON from every
+//! capability set — the bounding set first, because exec hands a root program everything in it —
+//! and sets no_new_privs, so no setuid or file-capability program can bring them back. What a
+//! root-started server legitimately uses (CAP_NET_BIND_SERVICE for port 80, CAP_SETUID to switch
+//! to its own user, …) stays. Run as another user (`--user`), it holds no capability at all.
+//!
+//! The work between fork and exec is raw system calls only: the parent may have other threads,
+//! so the child must not allocate or take locks.
+use std::{ffi::CString, io};
+
+use anyhow::{Context as _, Result, bail};
+use nix::unistd::{Gid, Group, Uid, User, getgrouplist};
+
+use crate::capabilities::{
+    CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN, Capability, CapabilitySets, check,
+    last_capability,
+};
+
+/// The capabilities the server never holds.
+pub const WITHHELD: [Capability; 4] = [CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_PERFMON];
+
+/// The user, group and supplementary groups to run the server as, looked up before the fork.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: Uid,
+    pub gid: Gid,
+    /// Supplementary groups, ready for setgroups(2).
+    pub groups: Vec<libc::gid_t>,
+}
+
+impl Identity {
+    /// `user` and `group` are names or numbers; the group defaults to the user's own.
+    pub fn resolve(user: &str, group: Option<&str>) -> Result<Self> {
+        let numeric = user.parse::<u32>().ok();
+        let entry = match numeric {
+            Some(uid) => User::from_uid(Uid::from_raw(uid)),
+            None => User::from_name(user),
+        }
+        .with_context(|| format!("looking up user {user:?}"))?;
+        let uid = match (&entry, numeric) {
+            (Some(entry), _) => entry.uid,
+            (None, Some(uid)) => Uid::from_raw(uid),
+            (None, None) => bail!(
+                "no user {user:?} on this system: give a name from /etc/passwd or a numeric uid"
+            ),
+        };
+        if uid.is_root() {
+            bail!("--user {user} would give the server every capability back: leave --user out");
+        }
+        let gid = match (group, &entry) {
+            (Some(group), _) => lookup_group(group)?,
+            (None, Some(entry)) => entry.gid,
+            (None, None) => {
+                bail!("uid {user} has no /etc/passwd entry: name its group with --group")
+            }
+        };
+        let groups = match &entry {
+            Some(entry) => {
+                let name = CString::new(entry.name.as_str())
+                    .with_context(|| format!("user name {:?}", entry.name))?;
+                getgrouplist(&name, gid)
+                    .with_context(|| format!("listing the groups of {}", entry.name))?
+                    .into_iter()
+                    .map(Gid::as_raw)
+                    .collect()
+            }
+            None => vec![gid.as_raw()],
+        };
+        Ok(Self { uid, gid, groups })
+    }
+}
+
+fn lookup_group(group: &str) -> Result<Gid> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(Gid::from_raw(gid));
+    }
+    Group::from_name(group)
+        .with_context(|| format!("looking up group {group:?}"))?
+        .map(|entry| entry.gid)
+        .with_context(|| format!("no group {group:?} on this system"))
+}
+
+/// What the child applies to itself before exec.
+#[derive(Clone, Debug)]
+pub struct ChildPrivileges {
+    identity: Option<Identity>,
+    /// The bounding-set bits to drop: the withheld ones, or every capability the kernel knows.
+    drop: Vec<u32>,
+}
+
+impl ChildPrivileges {
+    pub fn new(identity: Option<Identity>) -> Result<Self> {
+        let drop = if identity.is_some() {
+            (0..=last_capability()?).collect()
+        } else {
+            WITHHELD.iter().map(|cap| cap.bit).collect()
+        };
+        Ok(Self { identity, drop })
+    }
+
+    /// Applies the restrictions to the calling process. Runs between fork and exec: system calls
+    /// only, no allocation.
+    pub fn apply(&self) -> io::Result<()> {
+        for &cap in &self.drop {
+            // SAFETY: prctl with integer arguments.
+            check(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) })?;
+        }
+        if let Some(identity) = &self.identity {
+            let groups = &identity.groups;
+            // SAFETY: system calls with valid pointers and lengths.
+            unsafe {
+                check(libc::setgroups(groups.len(), groups.as_ptr()))?;
+                check(libc::setresgid(
+                    identity.gid.as_raw(),
+                    identity.gid.as_raw(),
+                    identity.gid.as_raw(),
+                ))?;
+                // Leaving uid 0 clears the permitted, effective and ambient sets.
+                check(libc::setresuid(
+                    identity.uid.as_raw(),
+                    identity.uid.as_raw(),
+                    identity.uid.as_raw(),
+                ))?;
+            }
+        }
+        let mut sets = CapabilitySets::current()?;
+        for &cap in &self.drop {
+            sets.remove(cap);
+        }
+        sets.install()?;
+        // SAFETY: prctl with integer arguments.
+        check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_users_by_name_or_number_and_refuses_root() {
+        let nobody = User::from_name("nobody").unwrap().expect("a nobody user");
+        let by_name = Identity::resolve("nobody", None).unwrap();
+        assert_eq!((by_name.uid, by_name.gid), (nobody.uid, nobody.gid));
+        let by_number = Identity::resolve(&nobody.uid.to_string(), Some("0")).unwrap();
+        assert_eq!(by_number.gid, Gid::from_raw(0));
+        assert!(Identity::resolve("root", None).is_err());
+        assert!(Identity::resolve("0", Some("0")).is_err());
+        let unknown = Identity::resolve("no-such-user-here", None).unwrap_err();
+        assert!(unknown.to_string().contains("no user"), "{unknown}");
+        // A uid without a passwd entry needs its group named.
+        assert!(Identity::resolve("4000000", None).is_err());
+        assert_eq!(
+            Identity::resolve("4000000", Some("4000000"))
+                .unwrap()
+                .groups,
+            [4_000_000]
+        );
+    }
+}

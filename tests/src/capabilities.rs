@@ -1,0 +1,119 @@
+//! Capabilities as the tests set and read them: a command limited to a chosen set, and the sets a
+//! running process holds, from /proc/PID/status.
+use std::{io, os::unix::process::CommandExt as _, process::Command};
+
+pub const CAP_KILL: u32 = 5;
+pub const CAP_SETGID: u32 = 6;
+pub const CAP_SETUID: u32 = 7;
+pub const CAP_SETPCAP: u32 = 8;
+pub const CAP_NET_BIND_SERVICE: u32 = 10;
+pub const CAP_NET_ADMIN: u32 = 12;
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_PERFMON: u32 = 38;
+pub const CAP_BPF: u32 = 39;
+
+/// The names drainer's errors use.
+pub fn name(cap: u32) -> &'static str {
+    match cap {
+        CAP_KILL => "CAP_KILL",
+        CAP_SETGID => "CAP_SETGID",
+        CAP_SETUID => "CAP_SETUID",
+        CAP_SETPCAP => "CAP_SETPCAP",
+        CAP_NET_BIND_SERVICE => "CAP_NET_BIND_SERVICE",
+        CAP_NET_ADMIN => "CAP_NET_ADMIN",
+        CAP_SYS_ADMIN => "CAP_SYS_ADMIN",
+        CAP_PERFMON => "CAP_PERFMON",
+        CAP_BPF => "CAP_BPF",
+        _ => "another capability",
+    }
+}
+
+pub fn mask(caps: &[u32]) -> u64 {
+    caps.iter().fold(0, |mask, cap| mask | 1 << cap)
+}
+
+fn last_capability() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .expect("reading cap_last_cap")
+        .trim()
+        .parse()
+        .expect("cap_last_cap")
+}
+
+/// Makes `command` (run as root) start with exactly `caps`: everything else leaves the bounding
+/// set before exec, and exec grants root what the bounding set holds.
+pub fn only(command: &mut Command, caps: &[u32]) {
+    let dropped: Vec<u32> = (0..=last_capability())
+        .filter(|cap| !caps.contains(cap))
+        .collect();
+    // SAFETY: prctl only, between fork and exec; `dropped` was built before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            for &cap in &dropped {
+                if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// What /proc/PID/status says about a process's privileges.
+#[derive(Debug)]
+pub struct ProcessPrivileges {
+    pub inheritable: u64,
+    pub permitted: u64,
+    pub effective: u64,
+    pub bounding: u64,
+    pub ambient: u64,
+    pub no_new_privs: bool,
+    /// Real, effective, saved and filesystem uids.
+    pub uids: Vec<u32>,
+    pub gids: Vec<u32>,
+    pub groups: Vec<u32>,
+}
+
+impl ProcessPrivileges {
+    pub fn of(pid: i32) -> Self {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|err| panic!("reading /proc/{pid}/status: {err}"));
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+                .trim()
+                .to_string()
+        };
+        let set = |name: &str| u64::from_str_radix(&field(name), 16).expect("a hex set");
+        let numbers = |name: &str| {
+            field(name)
+                .split_whitespace()
+                .map(|n| n.parse().expect("a number"))
+                .collect()
+        };
+        Self {
+            inheritable: set("CapInh"),
+            permitted: set("CapPrm"),
+            effective: set("CapEff"),
+            bounding: set("CapBnd"),
+            ambient: set("CapAmb"),
+            no_new_privs: field("NoNewPrivs") == "1",
+            uids: numbers("Uid"),
+            gids: numbers("Gid"),
+            groups: numbers("Groups"),
+        }
+    }
+
+    /// Every set, named, for assertions over all of them.
+    pub fn sets(&self) -> [(&'static str, u64); 5] {
+        [
+            ("inheritable", self.inheritable),
+            ("permitted", self.permitted),
+            ("effective", self.effective),
+            ("bounding", self.bounding),
+            ("ambient", self.ambient),
+        ]
+    }
+}

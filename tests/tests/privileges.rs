@@ -1,0 +1,248 @@
+//! What the supervised server may do, what drainer keeps once attached, and the least each mode
+//! runs with — read from /proc/PID/status of the real processes.
+use std::{process::Command, time::Duration};
+
+use drainer_integration::{
+    TempDir,
+    capabilities::{
+        CAP_BPF, CAP_KILL, CAP_NET_ADMIN, CAP_NET_BIND_SERVICE, CAP_PERFMON, CAP_SETGID,
+        CAP_SETPCAP, CAP_SETUID, CAP_SYS_ADMIN, ProcessPrivileges, mask, name, only,
+    },
+    drainer_bin, drainer_client, drainer_run, echo_server_command,
+    netns::TestNetns,
+    process::Process,
+    require_root, server_pid,
+};
+use nix::sys::signal::Signal;
+
+const WITHHELD: [u32; 4] = [CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_PERFMON];
+
+/// A stand-in server that needs no files: it announces itself and waits to be stopped.
+const WAITER: [&str; 4] = ["--", "sh", "-c", "echo listening; exec sleep 60"];
+
+fn assert_withheld_everywhere(server: &ProcessPrivileges) {
+    for (set, bits) in server.sets() {
+        for cap in WITHHELD {
+            assert_eq!(
+                bits & mask(&[cap]),
+                0,
+                "the server's {set} set holds {}",
+                name(cap)
+            );
+        }
+    }
+    assert!(server.no_new_privs, "no_new_privs is not set on the server");
+}
+
+#[test]
+fn a_root_started_server_binds_port_80_but_never_holds_drainers_powers() {
+    require_root();
+    let netns = TestNetns::create();
+    let mut args = vec!["--port", "80", "--"];
+    let server = echo_server_command(&[("127.0.0.1", 80)]);
+    args.extend(server.iter().map(String::as_str));
+    let mut drainer = drainer_run(&netns, &args);
+    // The echo server prints this once it has bound port 80.
+    drainer.wait_for("listening", Duration::from_secs(20));
+
+    let server = ProcessPrivileges::of(server_pid(&drainer).as_raw());
+    assert_withheld_everywhere(&server);
+    assert_ne!(
+        server.effective & mask(&[CAP_NET_BIND_SERVICE]),
+        0,
+        "the server lost CAP_NET_BIND_SERVICE"
+    );
+    assert_eq!(server.uids, [0, 0, 0, 0]);
+
+    let own = ProcessPrivileges::of(drainer.pid().as_raw());
+    for (set, bits) in own.sets() {
+        assert_eq!(
+            bits & !mask(&[CAP_KILL]),
+            0,
+            "drainer's {set} set still holds {bits:#x} after attaching"
+        );
+    }
+
+    // Without its start-up capabilities drainer still drains and releases.
+    drainer.signal(Signal::SIGTERM);
+    drainer.wait_for("drained", Duration::from_secs(5));
+    drainer.wait(Duration::from_secs(10));
+}
+
+#[test]
+fn with_user_the_server_runs_as_that_user_with_no_capability_at_all() {
+    require_root();
+    let netns = TestNetns::create();
+    let mut args = vec!["--port", "8000", "--user", "nobody", "--group", "nogroup"];
+    args.extend(WAITER);
+    let mut drainer = drainer_run(&netns, &args);
+    drainer.wait_for("listening", Duration::from_secs(20));
+
+    let server = ProcessPrivileges::of(server_pid(&drainer).as_raw());
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let nogroup = nix::unistd::Group::from_name("nogroup").unwrap().unwrap();
+    assert_eq!(server.uids, [nobody.uid.as_raw(); 4]);
+    assert_eq!(server.gids, [nogroup.gid.as_raw(); 4]);
+    assert!(
+        server.groups.iter().all(|&g| g == nogroup.gid.as_raw()),
+        "root's supplementary groups leaked: {:?}",
+        server.groups
+    );
+    for (set, bits) in server.sets() {
+        assert_eq!(bits, 0, "the server's {set} set is {bits:#x}");
+    }
+    assert!(server.no_new_privs);
+
+    drainer.signal(Signal::SIGTERM);
+    drainer.wait_for("drained", Duration::from_secs(5));
+    drainer.wait(Duration::from_secs(10));
+}
+
+#[test]
+fn an_unknown_user_is_named() {
+    require_root();
+    let netns = TestNetns::create();
+    let mut args = vec!["--port", "8000", "--user", "no-such-user-here"];
+    args.extend(WAITER);
+    let mut drainer = drainer_run(&netns, &args);
+    assert_eq!(drainer.wait(Duration::from_secs(10)).code(), Some(1));
+    assert!(
+        drainer.output().contains("no user \"no-such-user-here\""),
+        "{}",
+        drainer.output()
+    );
+}
+
+/// One way of running drainer, the capabilities it is documented to need, and how to see it
+/// working with them.
+struct Mode {
+    name: &'static str,
+    needs: &'static [u32],
+    start: fn(&TestNetns, &TempDir, &[u32]) -> Process,
+    /// Drives a started drainer through a drain to its release.
+    drain: fn(&mut Process, &TempDir),
+}
+
+fn limited(mut command: Command, caps: &[u32]) -> Process {
+    only(&mut command, caps);
+    command.env("DRAINER_LOG", "info");
+    Process::spawn("drainer", command)
+}
+
+fn start_run(netns: &TestNetns, _: &TempDir, caps: &[u32]) -> Process {
+    let mut command = netns.command(drainer_bin());
+    command.args(["run", "--port", "8000"]).args(WAITER);
+    limited(command, caps)
+}
+
+fn start_run_as_user(netns: &TestNetns, _: &TempDir, caps: &[u32]) -> Process {
+    let mut command = netns.command(drainer_bin());
+    command
+        .args(["run", "--port", "8000", "--user", "nobody"])
+        .args(WAITER);
+    limited(command, caps)
+}
+
+fn start_daemon(netns: &TestNetns, dir: &TempDir, caps: &[u32]) -> Process {
+    let mut command = netns.command(drainer_bin());
+    command
+        .args(["daemon", "--port", "8000", "--control-socket"])
+        .arg(dir.path().join("control.sock"));
+    limited(command, caps)
+}
+
+fn start_daemon_for_another_namespace(netns: &TestNetns, dir: &TempDir, caps: &[u32]) -> Process {
+    let mut command = Command::new(drainer_bin());
+    command
+        .args(["daemon", "--port", "8000", "--netns"])
+        .arg(netns.path())
+        .arg("--control-socket")
+        .arg(dir.path().join("control.sock"));
+    limited(command, caps)
+}
+
+fn drain_run(drainer: &mut Process, _: &TempDir) {
+    drainer.wait_for("listening", Duration::from_secs(20));
+    drainer.signal(Signal::SIGTERM);
+    drainer.wait_for("drained", Duration::from_secs(5));
+    drainer.wait(Duration::from_secs(10));
+}
+
+fn drain_daemon(drainer: &mut Process, dir: &TempDir) {
+    drainer.wait_for("control socket", Duration::from_secs(20));
+    let socket = dir.path().join("control.sock");
+    let (code, _, stderr) = drainer_client(&["drain", "--socket", socket.to_str().unwrap()]);
+    assert_eq!(code, 0, "drain: {stderr}");
+    drainer.signal(Signal::SIGTERM);
+    drainer.wait(Duration::from_secs(10));
+}
+
+#[test]
+fn each_mode_runs_with_exactly_its_documented_capabilities_and_names_any_missing_one() {
+    require_root();
+    let modes = [
+        Mode {
+            name: "run",
+            needs: &[CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SETPCAP],
+            start: start_run,
+            drain: drain_run,
+        },
+        Mode {
+            name: "run --user",
+            needs: &[
+                CAP_BPF,
+                CAP_NET_ADMIN,
+                CAP_PERFMON,
+                CAP_SETPCAP,
+                CAP_SETUID,
+                CAP_SETGID,
+                CAP_KILL,
+            ],
+            start: start_run_as_user,
+            drain: drain_run,
+        },
+        Mode {
+            name: "daemon",
+            needs: &[CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON],
+            start: start_daemon,
+            drain: drain_daemon,
+        },
+        Mode {
+            name: "daemon --netns",
+            needs: &[CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN],
+            start: start_daemon_for_another_namespace,
+            drain: drain_daemon,
+        },
+    ];
+    for mode in modes {
+        let netns = TestNetns::create();
+        let dir = TempDir::create("privileges");
+        let mut drainer = (mode.start)(&netns, &dir, mode.needs);
+        (mode.drain)(&mut drainer, &dir);
+
+        for &missing in mode.needs {
+            let fewer: Vec<u32> = mode
+                .needs
+                .iter()
+                .copied()
+                .filter(|&c| c != missing)
+                .collect();
+            let mut drainer = (mode.start)(&netns, &dir, &fewer);
+            let status = drainer.wait(Duration::from_secs(10));
+            let output = drainer.output();
+            assert_eq!(
+                status.code(),
+                Some(1),
+                "{} ran without {}:\n{output}",
+                mode.name,
+                name(missing)
+            );
+            assert!(
+                output.contains(&format!("lacks {}", name(missing))),
+                "{} without {} did not name it:\n{output}",
+                mode.name,
+                name(missing)
+            );
+        }
+    }
+}
