@@ -494,3 +494,106 @@ fn release_signals_the_pidfile_process_and_every_process_of_the_cgroup() {
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Sends `request` on a fresh connection to the HTTP endpoint, then the answer's status code.
+fn raw_http(netns: &TestNetns, request: &[u8]) -> Option<u16> {
+    let mut stream = netns.connect(http_addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = stream.write_all(request);
+    let _ = stream.shutdown(Shutdown::Write);
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn malformed_http_requests_each_get_a_clear_status_and_the_daemon_keeps_serving() {
+    require_root();
+    let netns = TestNetns::create();
+    let dir = TempDir::create("http-malformed");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let socket = socket_arg(&dir);
+    let _daemon = drainer_daemon(
+        &netns,
+        &[
+            "--port",
+            "8000",
+            "--http",
+            "127.0.0.1:9090",
+            "--http-token-file",
+            token_file.to_str().unwrap(),
+            "--control-socket",
+            &socket,
+        ],
+    );
+
+    let oversized = format!(
+        "GET /readyz HTTP/1.1\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(10_000)
+    );
+    let many_headers = format!("GET /readyz HTTP/1.1\r\n{}\r\n", "X-A: 1\r\n".repeat(40));
+    let cases: Vec<(&[u8], u16)> = vec![
+        (b"GET /nope HTTP/1.1\r\n\r\n", 404),
+        (b"DELETE /drain HTTP/1.1\r\n\r\n", 405),
+        (b"PUT /readyz HTTP/1.1\r\n\r\n", 405),
+        (b"POST /drain HTTP/1.1\r\n\r\n", 401),
+        (
+            b"POST /drain HTTP/1.1\r\nAuthorization: Bearer wrong\r\n\r\n",
+            401,
+        ),
+        (
+            b"POST /drain HTTP/1.1\r\nAuthorization: Basic eDp5\r\n\r\n",
+            401,
+        ),
+        (
+            b"POST /drain HTTP/1.1\r\nAuthorization: Bearer\r\n\r\n",
+            401,
+        ),
+        (b"garbage\r\n\r\n", 400),
+        (b"GET /readyz HTTP/9.9\r\n\r\n", 400),
+        (b"GET /readyz HTTP/1.1\r\nno colon here\r\n\r\n", 400),
+        (b"GET /readyz HTTP/1.1\r\n", 400),
+        (b"", 400),
+        (b"\xff\xfe\xfd\r\n\r\n", 400),
+        (oversized.as_bytes(), 400),
+        (many_headers.as_bytes(), 400),
+    ];
+    for (request, expected) in &cases {
+        assert_eq!(
+            raw_http(&netns, request),
+            Some(*expected),
+            "{:?}",
+            String::from_utf8_lossy(&request[..request.len().min(80)])
+        );
+    }
+
+    // Slowloris: a head that never completes is answered and closed after the head deadline,
+    // while other clients are served meanwhile.
+    let mut slow = netns.connect(http_addr()).unwrap();
+    slow.write_all(b"GET /readyz HTTP/1.1\r\n").unwrap();
+    let started = Instant::now();
+    let (code, body) = http_request(netns.connect(http_addr()).unwrap(), "GET", "/readyz", &[]);
+    assert_eq!((code, body.as_str()), (200, "serving\n"));
+    slow.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut answer = String::new();
+    for _ in 0..3 {
+        if slow.write_all(b"X").is_err() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+    let mut first = [0u8; 64];
+    let read = slow.read(&mut first).unwrap_or(0);
+    answer.push_str(&String::from_utf8_lossy(&first[..read]));
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // None of it started a drain.
+    assert_eq!(status_json(socket.as_ref())["state"], "serving");
+    let (code, _) = http_request(netns.connect(http_addr()).unwrap(), "GET", "/readyz", &[]);
+    assert_eq!(code, 200);
+}
