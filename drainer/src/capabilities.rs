@@ -5,7 +5,7 @@ use std::{fs, io};
 use anyhow::{Context as _, Result, bail};
 
 /// A Linux capability drainer may need, with the reason it needs it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capability {
     pub name: &'static str,
     pub bit: u32,

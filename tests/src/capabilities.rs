@@ -2,49 +2,27 @@
 //! running process holds, from /proc/PID/status.
 use std::{io, os::unix::process::CommandExt as _, process::Command};
 
-pub const CAP_KILL: u32 = 5;
-pub const CAP_SETGID: u32 = 6;
-pub const CAP_SETUID: u32 = 7;
-pub const CAP_SETPCAP: u32 = 8;
-pub const CAP_NET_BIND_SERVICE: u32 = 10;
-pub const CAP_NET_ADMIN: u32 = 12;
-pub const CAP_SYS_ADMIN: u32 = 21;
-pub const CAP_PERFMON: u32 = 38;
-pub const CAP_BPF: u32 = 39;
+pub use drainer::capabilities::{
+    CAP_BPF, CAP_KILL, CAP_NET_ADMIN, CAP_PERFMON, CAP_SETGID, CAP_SETPCAP, CAP_SETUID,
+    CAP_SYS_ADMIN, Capability, last_capability,
+};
 
-/// The names drainer's errors use.
-pub fn name(cap: u32) -> &'static str {
-    match cap {
-        CAP_KILL => "CAP_KILL",
-        CAP_SETGID => "CAP_SETGID",
-        CAP_SETUID => "CAP_SETUID",
-        CAP_SETPCAP => "CAP_SETPCAP",
-        CAP_NET_BIND_SERVICE => "CAP_NET_BIND_SERVICE",
-        CAP_NET_ADMIN => "CAP_NET_ADMIN",
-        CAP_SYS_ADMIN => "CAP_SYS_ADMIN",
-        CAP_PERFMON => "CAP_PERFMON",
-        CAP_BPF => "CAP_BPF",
-        _ => "another capability",
-    }
-}
+/// Not one drainer needs, but one a root-started server keeps.
+pub const CAP_NET_BIND_SERVICE: Capability = Capability {
+    name: "CAP_NET_BIND_SERVICE",
+    bit: 10,
+    why: "binding ports below 1024",
+};
 
-pub fn mask(caps: &[u32]) -> u64 {
-    caps.iter().fold(0, |mask, cap| mask | 1 << cap)
-}
-
-fn last_capability() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .expect("reading cap_last_cap")
-        .trim()
-        .parse()
-        .expect("cap_last_cap")
+pub fn mask(caps: &[Capability]) -> u64 {
+    caps.iter().fold(0, |mask, cap| mask | 1 << cap.bit)
 }
 
 /// Makes `command` (run as root) start with exactly `caps`: everything else leaves the bounding
 /// set before exec, and exec grants root what the bounding set holds.
-pub fn only(command: &mut Command, caps: &[u32]) {
-    let dropped: Vec<u32> = (0..=last_capability())
-        .filter(|cap| !caps.contains(cap))
+pub fn only(command: &mut Command, caps: &[Capability]) {
+    let dropped: Vec<u32> = (0..=last_capability().expect("cap_last_cap"))
+        .filter(|&bit| caps.iter().all(|cap| cap.bit != bit))
         .collect();
     // SAFETY: prctl only, between fork and exec; `dropped` was built before the fork.
     unsafe {

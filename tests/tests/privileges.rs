@@ -6,7 +6,7 @@ use drainer_integration::{
     TempDir,
     capabilities::{
         CAP_BPF, CAP_KILL, CAP_NET_ADMIN, CAP_NET_BIND_SERVICE, CAP_PERFMON, CAP_SETGID,
-        CAP_SETPCAP, CAP_SETUID, CAP_SYS_ADMIN, ProcessPrivileges, mask, name, only,
+        CAP_SETPCAP, CAP_SETUID, CAP_SYS_ADMIN, Capability, ProcessPrivileges, mask, only,
     },
     drainer_bin, drainer_client, drainer_run, echo_server_command,
     netns::TestNetns,
@@ -15,7 +15,7 @@ use drainer_integration::{
 };
 use nix::sys::signal::Signal;
 
-const WITHHELD: [u32; 4] = [CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_PERFMON];
+const WITHHELD: [Capability; 4] = [CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_PERFMON];
 
 /// A stand-in server that needs no files: it announces itself and waits to be stopped.
 const WAITER: [&str; 4] = ["--", "sh", "-c", "echo listening; exec sleep 60"];
@@ -27,7 +27,7 @@ fn assert_withheld_everywhere(server: &ProcessPrivileges) {
                 bits & mask(&[cap]),
                 0,
                 "the server's {set} set holds {}",
-                name(cap)
+                cap.name
             );
         }
     }
@@ -64,9 +64,7 @@ fn a_root_started_server_binds_port_80_but_never_holds_drainers_powers() {
     }
 
     // Without its start-up capabilities drainer still drains and releases.
-    drainer.signal(Signal::SIGTERM);
-    drainer.wait_for("drained", Duration::from_secs(5));
-    drainer.wait(Duration::from_secs(10));
+    stop_and_drain(&mut drainer);
 }
 
 #[test]
@@ -93,9 +91,7 @@ fn with_user_the_server_runs_as_that_user_with_no_capability_at_all() {
     }
     assert!(server.no_new_privs);
 
-    drainer.signal(Signal::SIGTERM);
-    drainer.wait_for("drained", Duration::from_secs(5));
-    drainer.wait(Duration::from_secs(10));
+    stop_and_drain(&mut drainer);
 }
 
 #[test]
@@ -113,29 +109,36 @@ fn an_unknown_user_is_named() {
     );
 }
 
+/// SIGTERM to `drainer run` with no connection live: it drains at once and exits.
+fn stop_and_drain(drainer: &mut Process) {
+    drainer.signal(Signal::SIGTERM);
+    drainer.wait_for("drained", Duration::from_secs(5));
+    drainer.wait(Duration::from_secs(10));
+}
+
 /// One way of running drainer, the capabilities it is documented to need, and how to see it
 /// working with them.
 struct Mode {
     name: &'static str,
-    needs: &'static [u32],
-    start: fn(&TestNetns, &TempDir, &[u32]) -> Process,
+    needs: &'static [Capability],
+    start: fn(&TestNetns, &TempDir, &[Capability]) -> Process,
     /// Drives a started drainer through a drain to its release.
     drain: fn(&mut Process, &TempDir),
 }
 
-fn limited(mut command: Command, caps: &[u32]) -> Process {
+fn limited(mut command: Command, caps: &[Capability]) -> Process {
     only(&mut command, caps);
     command.env("DRAINER_LOG", "info");
     Process::spawn("drainer", command)
 }
 
-fn start_run(netns: &TestNetns, _: &TempDir, caps: &[u32]) -> Process {
+fn start_run(netns: &TestNetns, _: &TempDir, caps: &[Capability]) -> Process {
     let mut command = netns.command(drainer_bin());
     command.args(["run", "--port", "8000"]).args(WAITER);
     limited(command, caps)
 }
 
-fn start_run_as_user(netns: &TestNetns, _: &TempDir, caps: &[u32]) -> Process {
+fn start_run_as_user(netns: &TestNetns, _: &TempDir, caps: &[Capability]) -> Process {
     let mut command = netns.command(drainer_bin());
     command
         .args(["run", "--port", "8000", "--user", "nobody"])
@@ -143,7 +146,7 @@ fn start_run_as_user(netns: &TestNetns, _: &TempDir, caps: &[u32]) -> Process {
     limited(command, caps)
 }
 
-fn start_daemon(netns: &TestNetns, dir: &TempDir, caps: &[u32]) -> Process {
+fn start_daemon(netns: &TestNetns, dir: &TempDir, caps: &[Capability]) -> Process {
     let mut command = netns.command(drainer_bin());
     command
         .args(["daemon", "--port", "8000", "--control-socket"])
@@ -151,7 +154,11 @@ fn start_daemon(netns: &TestNetns, dir: &TempDir, caps: &[u32]) -> Process {
     limited(command, caps)
 }
 
-fn start_daemon_for_another_namespace(netns: &TestNetns, dir: &TempDir, caps: &[u32]) -> Process {
+fn start_daemon_for_another_namespace(
+    netns: &TestNetns,
+    dir: &TempDir,
+    caps: &[Capability],
+) -> Process {
     let mut command = Command::new(drainer_bin());
     command
         .args(["daemon", "--port", "8000", "--netns"])
@@ -163,9 +170,7 @@ fn start_daemon_for_another_namespace(netns: &TestNetns, dir: &TempDir, caps: &[
 
 fn drain_run(drainer: &mut Process, _: &TempDir) {
     drainer.wait_for("listening", Duration::from_secs(20));
-    drainer.signal(Signal::SIGTERM);
-    drainer.wait_for("drained", Duration::from_secs(5));
-    drainer.wait(Duration::from_secs(10));
+    stop_and_drain(drainer);
 }
 
 fn drain_daemon(drainer: &mut Process, dir: &TempDir) {
@@ -221,7 +226,7 @@ fn each_mode_runs_with_exactly_its_documented_capabilities_and_names_any_missing
         (mode.drain)(&mut drainer, &dir);
 
         for &missing in mode.needs {
-            let fewer: Vec<u32> = mode
+            let fewer: Vec<Capability> = mode
                 .needs
                 .iter()
                 .copied()
@@ -235,13 +240,13 @@ fn each_mode_runs_with_exactly_its_documented_capabilities_and_names_any_missing
                 Some(1),
                 "{} ran without {}:\n{output}",
                 mode.name,
-                name(missing)
+                missing.name
             );
             assert!(
-                output.contains(&format!("lacks {}", name(missing))),
+                output.contains(&format!("lacks {}", missing.name)),
                 "{} without {} did not name it:\n{output}",
                 mode.name,
-                name(missing)
+                missing.name
             );
         }
     }
