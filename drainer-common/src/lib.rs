@@ -60,10 +60,13 @@ pub struct PortCounters {
 pub enum EventKind {
     Opened = 1,
     Closed = 2,
+    /// A connection could not be recorded: the count has just become unknown.
+    Untracked = 3,
 }
 
-/// Sent through the `EVENTS` ring buffer while draining, one per change of a port's live count.
-/// The count itself is read from `PORT_COUNTERS`.
+/// Sent through the `EVENTS` ring buffer while draining, one per change of a port's live count,
+/// and at any time when a connection could not be recorded. The count itself is read from
+/// `PORT_COUNTERS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {

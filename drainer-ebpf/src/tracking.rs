@@ -55,7 +55,8 @@ pub static OUTBOUND: HashMap<u64, u8> = HashMap::with_max_entries(65_536, BPF_F_
 #[map]
 pub static OUTBOUND_ENTRIES: Array<i64> = Array::with_max_entries(1, 0);
 
-/// Count changes while draining, so userspace wakes on the change rather than polling.
+/// Count changes while draining, so userspace wakes on the change rather than polling, and any
+/// connection that could not be recorded, so it learns at once that the count is unknown.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
@@ -94,6 +95,8 @@ pub fn count_refused(slot: u32) {
 fn count_untracked(slot: u32) {
     // SAFETY: as in `count_refused`.
     bump(|c| unsafe { &raw mut (*c).untracked }, slot);
+    // Announced even while serving: the operator learns of it when it happens, not at the drain.
+    announce(slot, EventKind::Untracked);
 }
 
 fn count_opened(slot: u32) {
@@ -193,9 +196,12 @@ pub fn closed(sk: Socket, slot: u32, was_live: bool) {
 }
 
 fn notify(slot: u32, kind: EventKind) {
-    if !draining() {
-        return;
+    if draining() {
+        announce(slot, kind);
     }
+}
+
+fn announce(slot: u32, kind: EventKind) {
     // A full ring only delays userspace until its next read: the counters stay exact.
     let _ = EVENTS.output(
         &Event {

@@ -146,15 +146,15 @@ impl Display {
         match status.outcome {
             Some(Outcome::DeadlinePassed) => {
                 eprintln!(
-                    "deadline passed after {elapsed:.1}s with {} connections live",
-                    status.live
+                    "deadline passed after {elapsed:.1}s with {}",
+                    connections_live(status)
                 );
                 EXIT_DEADLINE
             }
             Some(Outcome::ReleasedEarly) => {
                 eprintln!(
-                    "released early after {elapsed:.1}s with {} connections live",
-                    status.live
+                    "released early after {elapsed:.1}s with {}",
+                    connections_live(status)
                 );
                 EXIT_RELEASED_EARLY
             }
@@ -168,23 +168,41 @@ impl Display {
 
 fn progress_line(status: &Status) -> String {
     format!(
-        "draining: {} live, {:.1}s elapsed, deadline in {:.0}s",
-        status.live,
+        "draining: {}, {:.1}s elapsed, deadline in {:.0}s",
+        connections_live(status),
         status.drain_elapsed_seconds.unwrap_or(0.0),
         status.deadline_left_seconds.unwrap_or(0.0)
     )
 }
 
+/// `3 connections live`, or that the count is unknown.
+fn connections_live(status: &Status) -> String {
+    if status.count_exact {
+        format!("{} connections live", status.live)
+    } else {
+        format!("the live count unknown ({} counted)", status.live)
+    }
+}
+
+/// The live count, or why it is unknown.
+fn live(status: &Status) -> String {
+    if status.count_exact {
+        return status.live.to_string();
+    }
+    let untracked: u64 = status.ports.iter().map(|p| p.untracked).sum();
+    format!(
+        "unknown ({} counted, but {untracked} connection(s) could not be recorded and {} TCP \
+         state change(s) were missed; a drain runs to its deadline)",
+        status.live, status.missed_state_changes
+    )
+}
+
 fn describe(status: &Status) -> String {
     let mut text = format!(
-        "state: {}\nlive connections: {}",
+        "state: {}\nlive connections: {}\n",
         status.state.as_str(),
-        status.live
+        live(status)
     );
-    if !status.count_exact {
-        text.push_str(" (at least: some connections could not be tracked)");
-    }
-    text.push('\n');
     if let Some(start) = status.live_at_drain_start {
         text.push_str(&format!("live at drain start: {start}\n"));
     }

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use crate::{
     drain::{Count, Drain, Phase, ReleaseReason, Step, Trigger},
-    programs::{PortCount, Programs},
+    programs::Programs,
     progress::Progress,
     sock_diag::SockDiag,
     status::{IdleConnection, Outcome, PortStatus, State, Status},
@@ -78,7 +78,7 @@ impl Guard {
     }
 
     pub fn count(&self) -> Result<Count> {
-        Ok(total(&self.programs.counts()?))
+        Ok(self.programs.counts()?.total())
     }
 
     pub fn stop_signal(&mut self, signal: Signal) -> Result<Vec<Action>> {
@@ -98,10 +98,16 @@ impl Guard {
 
     /// The kernel announced count changes (already consumed from the ring buffer).
     pub fn counts_changed(&mut self) -> Result<Vec<Action>> {
-        let count = self.count()?;
+        let counts = self.programs.counts()?;
+        let count = counts.total();
         let now = Instant::now();
+        self.progress.warn_if_unknown(&counts);
+        // While serving, only an unrecorded connection is announced: there is no progress to log.
+        let draining = self.phase() != Phase::Serving;
         let step = self.drain.on_count(count, now);
-        self.progress.count_changed(&self.programs, count, now);
+        if draining {
+            self.progress.count_changed(&self.programs, count, now);
+        }
         // carry_out tells the waiters, whatever the step.
         self.carry_out(step)
     }
@@ -133,11 +139,10 @@ impl Guard {
                     // or arrives as an event.
                     self.programs.start_refusing()?;
                     let counts = self.programs.counts()?;
-                    let count = total(&counts);
+                    let count = counts.total();
                     let now = Instant::now();
                     self.live_at_start = Some(count.live);
-                    self.progress
-                        .drain_started(&self.programs, &counts, count, now);
+                    self.progress.drain_started(&self.programs, &counts, now);
                     if let Phase::Draining { deadline, .. } = self.phase() {
                         let left = deadline.saturating_duration_since(now);
                         self.progress
@@ -187,7 +192,7 @@ impl Guard {
     /// The state now; with the most idle live connections when `with_connections`.
     pub fn status(&self, with_connections: bool) -> Result<Status> {
         let counts = self.programs.counts()?;
-        let count = total(&counts);
+        let count = counts.total();
         let now = Instant::now();
         let (elapsed, left, outcome) = match self.phase() {
             Phase::Serving => (None, None, None),
@@ -224,12 +229,14 @@ impl Guard {
             live: count.live,
             count_exact: count.exact,
             live_at_drain_start: self.live_at_start,
-            refused: counts.iter().map(|c| c.refused).sum(),
+            refused: counts.refused(),
+            missed_state_changes: counts.missed_state_changes,
             drain_elapsed_seconds: elapsed.map(|d| d.as_secs_f64()),
             deadline_left_seconds: left.map(|d| d.as_secs_f64()),
             outcome,
             deadline_hits: self.deadline_hits,
             ports: counts
+                .ports
                 .iter()
                 .map(|c| PortStatus {
                     port: c.port,
@@ -258,13 +265,5 @@ pub fn outcome(reason: ReleaseReason) -> Outcome {
         ReleaseReason::Drained => Outcome::Drained,
         ReleaseReason::DeadlinePassed => Outcome::DeadlinePassed,
         ReleaseReason::SecondSignal | ReleaseReason::Forced => Outcome::ReleasedEarly,
-    }
-}
-
-/// The sum over ports.
-pub fn total(counts: &[PortCount]) -> Count {
-    Count {
-        live: counts.iter().map(|c| c.live).sum(),
-        exact: counts.iter().all(|c| c.untracked == 0),
     }
 }

@@ -22,12 +22,16 @@ pub fn render(status: &Status) -> String {
 
     let live = Family::<PortLabel, Gauge>::default();
     let refused = Family::<PortLabel, Counter>::default();
+    let untracked = Family::<PortLabel, Counter>::default();
     for port in &status.ports {
         live.get_or_create(&PortLabel { port: port.port })
             .set(port.live);
         refused
             .get_or_create(&PortLabel { port: port.port })
             .inc_by(port.refused);
+        untracked
+            .get_or_create(&PortLabel { port: port.port })
+            .inc_by(port.untracked);
     }
     registry.register(
         "live_connections",
@@ -66,11 +70,24 @@ pub fn render(status: &Status) -> String {
         deadline_hits,
     );
 
+    registry.register(
+        "untracked_connections",
+        "Connections that could not be recorded (a full map); any makes the count unknown",
+        untracked,
+    );
+    let missed = Counter::<u64>::default();
+    missed.inc_by(status.missed_state_changes);
+    registry.register(
+        "missed_state_changes",
+        "TCP state changes the kernel skipped the tracepoint for; any makes the count unknown",
+        missed,
+    );
+
     let exact = Gauge::<i64>::default();
     exact.set(i64::from(status.count_exact));
     registry.register(
         "count_exact",
-        "0 when some connections could not be tracked",
+        "0 once the live count is unknown (untracked connections or missed state changes)",
         exact,
     );
 

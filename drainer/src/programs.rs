@@ -4,8 +4,10 @@
 //! Nothing is pinned: every program hangs off a link owned by this process, so when drainer exits
 //! or dies the kernel detaches them and the ports behave as if drainer had never run.
 use std::{
-    fs::File,
+    fs::{self, File},
     io::{ErrorKind, Read as _},
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -17,7 +19,7 @@ use aya::{
 use aya_log::EbpfLogger;
 use drainer_common::{MAX_PORTS, PortCounters, SWITCH_DRAINING, SWITCH_SEEDED};
 
-use crate::{kernel_layout::KernelLayout, netns::Netns, sockstat};
+use crate::{drain::Count, kernel_layout::KernelLayout, netns::Netns, sockstat};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/drainer"));
 
@@ -121,6 +123,14 @@ fn seeded_table_slots(tcp_sockets: u64) -> Result<u32> {
         .context("too many TCP sockets in the namespace to seed a table for")
 }
 
+/// The `recursion_misses` line of a BPF program's fdinfo.
+fn recursion_misses(fdinfo: &str) -> Option<u64> {
+    fdinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("recursion_misses:"))
+        .and_then(|value| value.trim().parse().ok())
+}
+
 /// A port's counters summed over CPUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortCount {
@@ -131,10 +141,42 @@ pub struct PortCount {
     pub untracked: u64,
 }
 
+/// Every guarded port's counters, read at one moment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counts {
+    /// In the order the ports were given.
+    pub ports: Vec<PortCount>,
+    /// TCP state changes the kernel did not pass to the tracepoint program because that program
+    /// was already running on the same CPU (a state change in softirq nested in one in process
+    /// context). Any of them may have been an open or a close.
+    pub missed_state_changes: u64,
+}
+
+impl Counts {
+    /// The sum over ports; inexact once any connection went unrecorded or any state change
+    /// unseen.
+    pub fn total(&self) -> Count {
+        Count {
+            live: self.ports.iter().map(|c| c.live).sum(),
+            exact: self.missed_state_changes == 0 && self.ports.iter().all(|c| c.untracked == 0),
+        }
+    }
+
+    pub fn untracked(&self) -> u64 {
+        self.ports.iter().map(|c| c.untracked).sum()
+    }
+
+    pub fn refused(&self) -> u64 {
+        self.ports.iter().map(|c| c.refused).sum()
+    }
+}
+
 /// The attached programs and their maps.
 pub struct Programs {
     ebpf: Ebpf,
     ports: Vec<u16>,
+    /// /proc/self/fdinfo of the tracepoint program, where the kernel reports its missed runs.
+    transitions_fdinfo: PathBuf,
 }
 
 impl Programs {
@@ -177,6 +219,7 @@ impl Programs {
         let mut programs = Self {
             ebpf,
             ports: target.ports.to_vec(),
+            transitions_fdinfo: PathBuf::new(),
         };
 
         // Order matters: state changes are followed before the existing connections are swept,
@@ -201,7 +244,25 @@ impl Programs {
         program
             .attach()
             .context("attaching the inet_sock_set_state tracepoint")?;
+        self.transitions_fdinfo =
+            Path::new("/proc/self/fdinfo").join(program.fd()?.as_fd().as_raw_fd().to_string());
+        // Fails now, not mid-drain, on a kernel that does not report missed runs.
+        self.missed_state_changes()?;
         Ok(())
+    }
+
+    /// How many times the kernel skipped the tracepoint program because it was already running
+    /// on that CPU.
+    fn missed_state_changes(&self) -> Result<u64> {
+        let fdinfo = fs::read_to_string(&self.transitions_fdinfo)
+            .with_context(|| format!("reading {}", self.transitions_fdinfo.display()))?;
+        recursion_misses(&fdinfo).with_context(|| {
+            format!(
+                "{} reports no recursion_misses: drainer needs Linux >= 5.12 to know whether \
+                 its tracepoint missed a connection",
+                self.transitions_fdinfo.display()
+            )
+        })
     }
 
     fn seed(&mut self, btf: &Btf, netns: &Netns) -> Result<()> {
@@ -245,8 +306,18 @@ impl Programs {
         Ok(())
     }
 
-    /// Each port's counters, in the order the ports were given.
-    pub fn counts(&self) -> Result<Vec<PortCount>> {
+    /// Every port's counters, and the state changes the tracepoint missed.
+    pub fn counts(&self) -> Result<Counts> {
+        // Counters first, missed runs after: a miss before the counters were read then always
+        // shows, and one in between only makes the count inexact one read early.
+        let ports = self.port_counts()?;
+        Ok(Counts {
+            ports,
+            missed_state_changes: self.missed_state_changes()?,
+        })
+    }
+
+    fn port_counts(&self) -> Result<Vec<PortCount>> {
         let counters: PerCpuArray<_, PortCounters> =
             PerCpuArray::try_from(self.map("PORT_COUNTERS")?).context("PORT_COUNTERS map")?;
         let read = |slot: u32| {
@@ -313,6 +384,14 @@ impl Programs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recursion_misses_are_read_from_a_programs_fdinfo() {
+        let fdinfo = "pos:\t0\nflags:\t02000002\nprog_type:\t26\nrun_cnt:\t0\n\
+                      recursion_misses:\t3\nverified_insns:\t571\n";
+        assert_eq!(recursion_misses(fdinfo), Some(3));
+        assert_eq!(recursion_misses("prog_type:\t26\n"), None);
+    }
 
     #[test]
     fn guarded_ports_keep_slot_order_and_set_one_filter_bit_each() {

@@ -7,7 +7,7 @@ use tracing::{info, warn};
 
 use crate::{
     drain::Count,
-    programs::{PortCount, Programs},
+    programs::{Counts, Programs},
     sock_diag::{DiagSocket, SockDiag},
     systemd::Systemd,
 };
@@ -26,7 +26,7 @@ pub struct Progress {
     last_live: Option<i64>,
     /// The count changed since the last line; log it at `next_line_at`.
     pending: bool,
-    warned_inexact: bool,
+    warned_unknown: bool,
 }
 
 impl Progress {
@@ -37,39 +37,35 @@ impl Progress {
             last_logged: None,
             last_live: None,
             pending: false,
-            warned_inexact: false,
+            warned_unknown: false,
         }
     }
 
-    pub fn drain_started(
-        &mut self,
-        programs: &Programs,
-        counts: &[PortCount],
-        count: Count,
-        now: Instant,
-    ) {
+    pub fn drain_started(&mut self, programs: &Programs, counts: &Counts, now: Instant) {
+        let count = counts.total();
         let per_port = counts
+            .ports
             .iter()
             .map(|c| format!("port {}: {}", c.port, c.live))
             .collect::<Vec<_>>()
             .join(", ");
         info!(
             live = count.live,
-            "draining: refusing new connections; {} live ({per_port})", count.live
+            "draining: refusing new connections; {} ({per_port})",
+            live_words(count)
         );
-        self.warn_if_inexact(count);
-        self.log_line(programs, count.live, now);
+        self.warn_if_unknown(counts);
+        self.log_line(programs, count, now);
     }
 
     /// A new count was read; logs it now or schedules it.
     pub fn count_changed(&mut self, programs: &Programs, count: Count, now: Instant) {
-        self.warn_if_inexact(count);
         if self.last_live == Some(count.live) {
             return;
         }
         match self.next_line_at() {
             Some(at) if now < at => self.pending = true,
-            _ => self.log_line(programs, count.live, now),
+            _ => self.log_line(programs, count, now),
         }
     }
 
@@ -81,7 +77,7 @@ impl Progress {
 
     pub fn log_pending(&mut self, programs: &Programs, count: Count, now: Instant) {
         if self.pending {
-            self.log_line(programs, count.live, now);
+            self.log_line(programs, count, now);
         }
     }
 
@@ -89,17 +85,19 @@ impl Progress {
         &self.systemd
     }
 
-    fn log_line(&mut self, programs: &Programs, live: i64, now: Instant) {
+    fn log_line(&mut self, programs: &Programs, count: Count, now: Instant) {
+        let live = count.live;
         self.pending = false;
         self.last_logged = Some(now);
         self.last_live = Some(live);
-        self.systemd.status(&format!("draining: {live} live"));
-        if live <= 0 {
+        let counted = live_words(count);
+        self.systemd.status(&format!("draining: {counted}"));
+        if live <= 0 && count.exact {
             return;
         }
         match self.most_idle(programs, MOST_IDLE_SHOWN) {
-            Ok(listed) => info!(live, "{live} live; most idle: {}", list(&listed)),
-            Err(err) => info!(live, "{live} live (cannot list them: {err:#})"),
+            Ok(listed) => info!(live, "{counted}; most idle: {}", list(&listed)),
+            Err(err) => info!(live, "{counted} (cannot list them: {err:#})"),
         }
     }
 
@@ -108,8 +106,8 @@ impl Progress {
         match self.most_idle(programs, STRAGGLERS_SHOWN) {
             Ok(stragglers) => warn!(
                 live = count.live,
-                "drain deadline passed with {} connections live: {}{}",
-                count.live,
+                "drain deadline passed with {}: {}{}",
+                connections_live(count),
                 list(&stragglers),
                 if count.live > stragglers.len() as i64 {
                     ", …"
@@ -119,7 +117,8 @@ impl Progress {
             ),
             Err(err) => warn!(
                 live = count.live,
-                "drain deadline passed with {} live (cannot list them: {err:#})", count.live
+                "drain deadline passed with {} (cannot list them: {err:#})",
+                connections_live(count)
             ),
         }
     }
@@ -132,14 +131,47 @@ impl Progress {
         self.diag.most_idle(programs.ports(), limit)
     }
 
-    fn warn_if_inexact(&mut self, count: Count) {
-        if !count.exact && !self.warned_inexact {
-            self.warned_inexact = true;
-            warn!(
-                "a connection could not be recorded (a full map): the count is unknown, and the \
-                 drain will run to its deadline"
-            );
+    /// Says once, when it happens, that the count can no longer be trusted, and why.
+    pub fn warn_if_unknown(&mut self, counts: &Counts) {
+        if counts.total().exact || self.warned_unknown {
+            return;
         }
+        self.warned_unknown = true;
+        let mut causes = Vec::new();
+        if counts.untracked() > 0 {
+            causes.push(format!(
+                "{} connection(s) could not be recorded (a BPF map is full)",
+                counts.untracked()
+            ));
+        }
+        if counts.missed_state_changes > 0 {
+            causes.push(format!(
+                "the kernel skipped the tracepoint for {} TCP state change(s)",
+                counts.missed_state_changes
+            ));
+        }
+        warn!(
+            "the live count is unknown from now on: {}; a drain will run to its deadline",
+            causes.join(" and ")
+        );
+    }
+}
+
+/// `3 live`, or that the count is unknown.
+fn live_words(count: Count) -> String {
+    if count.exact {
+        format!("{} live", count.live)
+    } else {
+        format!("live count unknown ({} counted)", count.live)
+    }
+}
+
+/// `3 connections live`, or that the count is unknown.
+fn connections_live(count: Count) -> String {
+    if count.exact {
+        format!("{} connections live", count.live)
+    } else {
+        format!("the live count unknown ({} counted)", count.live)
     }
 }
 

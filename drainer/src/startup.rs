@@ -4,7 +4,6 @@ use tracing::info;
 
 use crate::{
     claim::{self, PortClaims},
-    guard::total,
     netns::Netns,
     programs::{Programs, Target},
     sock_diag::SockDiag,
@@ -22,7 +21,7 @@ pub fn attach(ports: &[u16], netns: &Netns) -> Result<Attached> {
     let claims = claim::claim(ports, netns)?;
     let programs = Programs::attach(&Target { ports, netns })?;
     let diag = netns.run_inside(SockDiag::open)?;
-    let count = total(&programs.counts()?);
+    let count = programs.counts()?.total();
     info!(
         live = count.live,
         "guarding port(s) {} in {}: {} connections already established",

@@ -1,15 +1,17 @@
-//! Faults: drainer killed, the server crashing mid-drain, a second drainer for the same port.
+//! Faults: drainer killed, the server crashing mid-drain, a second drainer for the same port, a
+//! full connection map.
 //! In each, the port must end up behaving as if drainer had never run, and no established
 //! connection may notice.
 use std::{
     io::ErrorKind,
     net::{SocketAddr, TcpStream},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use drainer_integration::{
-    TempDir, drainer_bin, drainer_daemon, drainer_run, echo, echo_server_command, netns::TestNetns,
-    process::Process, require_root, server_pid, status_json,
+    TempDir, drainer_bin, drainer_client, drainer_daemon, drainer_run, echo, echo_server,
+    echo_server_command, netns::TestNetns, process::Process, python, require_root, script,
+    server_pid, status_json,
 };
 use nix::{
     sys::signal::{Signal, kill, killpg},
@@ -164,4 +166,104 @@ fn a_second_drainer_for_the_same_port_and_namespace_is_refused_and_the_first_kee
         .connect(addr())
         .expect("the first drainer stopped accepting");
     drop(listener);
+}
+
+/// Records of outbound connections from a guarded port the kernel side can hold
+/// (drainer-ebpf/src/tracking.rs, `OUTBOUND`).
+const OUTBOUND_RECORDS: u32 = 65_536;
+/// Processes sharing the flood: one process may not hold them all (RLIMIT_NOFILE).
+const FLOOD_PROCESSES: u32 = 4;
+
+#[test]
+fn a_full_connection_map_makes_the_count_unknown_and_holds_the_drain_to_its_deadline() {
+    require_root();
+    let netns = TestNetns::create();
+    let dir = TempDir::create("full-map");
+    let socket = dir.path().join("control.sock");
+    let socket = socket.to_str().unwrap();
+    let _server = echo_server(&netns, &[("127.0.0.1", 8000)]);
+    let daemon = drainer_daemon(
+        &netns,
+        &[
+            "--port",
+            "8000",
+            "--control-socket",
+            socket,
+            "--drain-timeout",
+            "3s",
+        ],
+    );
+    let mut held = netns.connect(addr()).unwrap();
+    assert_eq!(status_json(socket.as_ref())["count_exact"], true);
+
+    // Outbound connections from the guarded port each take a record: make a few more than fit.
+    let per_process = OUTBOUND_RECORDS / FLOOD_PROCESSES + 1;
+    let floods: Vec<Process> = (0..FLOOD_PROCESSES)
+        .map(|k| {
+            let mut command = netns.command(python());
+            command.arg(script("outbound_flood.py")).args([
+                "8000".to_owned(),
+                (9000 + k).to_string(),
+                (k * per_process).to_string(),
+                per_process.to_string(),
+            ]);
+            Process::spawn("outbound flood", command)
+        })
+        .collect();
+    for flood in &floods {
+        flood.wait_for(&format!("holding {per_process}"), Duration::from_secs(120));
+    }
+
+    // Said when it happened, while serving, not only at the next drain.
+    let warning = daemon.wait_for("the live count is unknown", Duration::from_secs(10));
+    assert!(
+        warning
+            .text
+            .contains("could not be recorded (a BPF map is full)"),
+        "{}",
+        warning.text
+    );
+    let status = status_json(socket.as_ref());
+    assert_eq!(status["count_exact"], false, "{status}");
+    let untracked = status["ports"][0]["untracked"].as_u64().unwrap();
+    assert!(
+        untracked >= u64::from(FLOOD_PROCESSES * per_process - OUTBOUND_RECORDS),
+        "{status}"
+    );
+    let (code, text, _) = drainer_client(&["status", "--socket", socket]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("live connections: unknown (1 counted, but"),
+        "{text}"
+    );
+
+    // The only server connection closes once the drain has started: the count reads zero, but a
+    // count that is not exact must not release the server before the deadline.
+    let (code, _, stderr) = drainer_client(&["drain", "--socket", socket]);
+    assert_eq!(code, 0, "{stderr}");
+    let started = Instant::now();
+    echo(&mut held, b"during the drain").unwrap();
+    drop(held);
+    assert_eq!(
+        netns.connect(addr()).unwrap_err().kind(),
+        ErrorKind::ConnectionRefused
+    );
+    let (code, _, stderr) = drainer_client(&["drain", "--wait", "--socket", socket]);
+    let waited = started.elapsed();
+    assert_eq!(code, drainer::client::EXIT_DEADLINE, "{stderr}");
+    assert!(
+        stderr.contains("deadline passed after") && stderr.contains("the live count unknown"),
+        "{stderr}"
+    );
+    assert!(
+        waited >= Duration::from_millis(2500),
+        "released {waited:?} after the drain started, before its 3s deadline"
+    );
+    let deadline = daemon.wait_for("drain deadline passed", Duration::from_secs(5));
+    assert!(
+        deadline.text.contains("the live count unknown (0 counted)"),
+        "{}",
+        deadline.text
+    );
+    drop(floods);
 }

@@ -36,7 +36,7 @@ fn listed(netns: &TestNetns) -> usize {
 }
 
 fn live(programs: &Programs) -> i64 {
-    programs.counts().unwrap().iter().map(|c| c.live).sum()
+    programs.counts().unwrap().total().live
 }
 
 /// Waits until the count equals `expected` (the server's side of a close lags the client's by a
@@ -51,7 +51,7 @@ fn assert_count(netns: &TestNetns, programs: &Programs, expected: i64) {
     thread::sleep(Duration::from_millis(100));
     assert_eq!(live(programs), expected, "the count moved after settling");
     let counts = programs.counts().unwrap();
-    assert!(counts.iter().all(|c| c.untracked == 0), "{counts:?}");
+    assert!(counts.total().exact, "{counts:?}");
     assert_eq!(
         listed(netns) as i64,
         expected,
