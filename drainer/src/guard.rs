@@ -167,7 +167,10 @@ impl Guard {
     fn report_release(&mut self, reason: ReleaseReason) -> Result<()> {
         let count = self.count()?;
         match reason {
-            ReleaseReason::Drained => info!("drained: no live connections; releasing the server"),
+            ReleaseReason::Drained => info!(
+                live = count.live,
+                "drained: no live connections; releasing the server"
+            ),
             ReleaseReason::SecondSignal => warn!(
                 live = count.live,
                 "second stop signal: releasing now with {} connections live", count.live

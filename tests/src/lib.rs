@@ -99,6 +99,24 @@ pub fn echo_server_command(listen: &[(&str, u16)]) -> Vec<String> {
     command
 }
 
+/// The command line of uvicorn serving tests/python/live_app.py (live WebSocket sessions) on
+/// 127.0.0.1:`port`.
+pub fn live_app_command(port: u16) -> Vec<String> {
+    [
+        python().display().to_string(),
+        "-m".into(),
+        "uvicorn".into(),
+        "live_app:app".into(),
+        "--app-dir".into(),
+        script("").display().to_string(),
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        port.to_string(),
+    ]
+    .into()
+}
+
 /// The echo server (tests/python/echo_server.py) listening on each `host port` pair in `netns`.
 pub fn echo_server(netns: &netns::TestNetns, listen: &[(&str, u16)]) -> process::Process {
     let mut command = netns.command(python());

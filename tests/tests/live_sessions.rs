@@ -2,12 +2,12 @@
 use std::{io::ErrorKind, net::SocketAddr, time::Duration};
 
 use drainer_integration::{
-    drainer_run, netns::TestNetns, process::Process, python, require_root, script,
+    drainer_run, live_app_command, netns::TestNetns, process::Process, python, require_root, script,
 };
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-const PORT: &str = "8000";
+const PORT: u16 = 8000;
 const SESSIONS: usize = 20;
 
 /// 20 session lengths spread over 1–4 s, on the 50 ms message grid.
@@ -17,31 +17,11 @@ fn lengths() -> Vec<String> {
         .collect()
 }
 
-fn uvicorn_args() -> Vec<String> {
-    let app_dir = script("").display().to_string();
-    [
-        python().display().to_string(),
-        "-m".into(),
-        "uvicorn".into(),
-        "live_app:app".into(),
-    ]
-    .into_iter()
-    .chain([
-        "--app-dir".into(),
-        app_dir,
-        "--host".into(),
-        "127.0.0.1".into(),
-        "--port".into(),
-        PORT.into(),
-    ])
-    .collect()
-}
-
 fn start_sessions(netns: &TestNetns) -> Process {
     let mut command = netns.command(python());
     command
         .arg(script("live_clients.py"))
-        .args(["127.0.0.1", PORT])
+        .args(["127.0.0.1", &PORT.to_string()])
         .args(lengths());
     let clients = Process::spawn("live_clients", command);
     clients.wait_for(&format!("connected {SESSIONS}"), Duration::from_secs(30));
@@ -75,8 +55,8 @@ fn addr() -> SocketAddr {
 fn every_live_session_ends_normally_when_uvicorn_is_stopped_under_drainer() {
     require_root();
     let netns = TestNetns::create();
-    let uvicorn = uvicorn_args();
-    let mut args = vec!["--port", PORT, "--drain-timeout", "60s", "--"];
+    let uvicorn = live_app_command(PORT);
+    let mut args = vec!["--port", "8000", "--drain-timeout", "60s", "--"];
     args.extend(uvicorn.iter().map(String::as_str));
     let mut drainer = drainer_run(&netns, &args);
     drainer.wait_for("Uvicorn running on", Duration::from_secs(30));
@@ -118,7 +98,7 @@ fn every_live_session_ends_normally_when_uvicorn_is_stopped_under_drainer() {
 fn without_drainer_uvicorn_closes_live_sessions_with_1012() {
     require_root();
     let netns = TestNetns::create();
-    let uvicorn = uvicorn_args();
+    let uvicorn = live_app_command(PORT);
     let mut command = netns.command(&uvicorn[0]);
     command.args(&uvicorn[1..]);
     let mut server = Process::spawn("uvicorn", command);
