@@ -51,7 +51,9 @@ pub enum Reply {
 
 /// Parses one request line.
 pub fn parse_request(line: &[u8]) -> Result<Request, String> {
-    let text = std::str::from_utf8(line).map_err(|_| "request is not UTF-8".to_owned())?;
+    let text = std::str::from_utf8(line).map_err(|_| {
+        "request is not UTF-8; send one JSON line such as {\"command\":\"status\"}".to_owned()
+    })?;
     // serde would also take the tagged enum as an array; only objects are requests.
     if !text.trim_start().starts_with('{') {
         return Err(
