@@ -184,17 +184,23 @@ fn connections_live(status: &Status) -> String {
     }
 }
 
-/// The live count, or why it is unknown.
+/// The live count, where it comes from when not from the counters, or why it is unknown.
 fn live(status: &Status) -> String {
-    if status.count_exact {
-        return status.live.to_string();
+    if !status.count_exact {
+        let untracked: u64 = status.ports.iter().map(|p| p.untracked).sum();
+        return format!(
+            "unknown ({} counted, but {untracked} connection(s) could not be recorded; a drain \
+             runs to its deadline)",
+            status.live
+        );
     }
-    let untracked: u64 = status.ports.iter().map(|p| p.untracked).sum();
-    format!(
-        "unknown ({} counted, but {untracked} connection(s) could not be recorded and {} TCP \
-         state change(s) were missed; a drain runs to its deadline)",
-        status.live, status.missed_state_changes
-    )
+    if status.missed_state_changes > 0 {
+        return format!(
+            "{} (from the socket table: the tracepoint missed {} TCP state change(s))",
+            status.live, status.missed_state_changes
+        );
+    }
+    status.live.to_string()
 }
 
 fn describe(status: &Status) -> String {

@@ -3,7 +3,10 @@
 //!
 //! What releasing means differs by mode — signalling a child, or a configured target — so the
 //! engine hands [`Action`]s back to the mode instead of acting on them.
-use std::time::{Duration, Instant};
+use std::{
+    cell::Cell,
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 use nix::sys::signal::Signal;
@@ -12,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::{
     drain::{Count, Drain, Phase, ReleaseReason, Step, Trigger},
-    programs::Programs,
+    programs::{Counts, Programs},
     progress::Progress,
     sock_diag::SockDiag,
     status::{IdleConnection, Outcome, PortStatus, State, Status},
@@ -21,6 +24,8 @@ use crate::{
 
 /// How many of the most idle connections `status` lists.
 const STATUS_MOST_IDLE: usize = 10;
+/// How often the socket table is re-read while draining, once it has replaced the counters.
+const TABLE_RECHECK: Duration = Duration::from_millis(500);
 /// Slack added to systemd's stop timeout on top of what drainer itself will wait.
 const SYSTEMD_MARGIN: Duration = Duration::from_secs(15);
 
@@ -45,6 +50,8 @@ pub struct Guard {
     after_release: Duration,
     /// Bumped on every change of state or count; waiters watch it.
     changes: watch::Sender<u64>,
+    /// When the socket table last gave the count, once it has replaced the counters.
+    table_read_at: Cell<Option<Instant>>,
 }
 
 impl Guard {
@@ -57,6 +64,7 @@ impl Guard {
             deadline_hits: 0,
             after_release,
             changes: watch::Sender::new(0),
+            table_read_at: Cell::new(None),
         }
     }
 
@@ -78,7 +86,21 @@ impl Guard {
     }
 
     pub fn count(&self) -> Result<Count> {
-        Ok(self.programs.counts()?.total())
+        Ok(self.counts()?.total())
+    }
+
+    /// The counts the drain decides on. Once the tracepoint has missed a state change the counters
+    /// may be off by any amount, in either direction, for good; the socket table is then the
+    /// count — a dump per read, and a re-read every [`TABLE_RECHECK`] while draining, since a
+    /// missed close announces nothing.
+    fn counts(&self) -> Result<Counts> {
+        let mut counts = self.programs.counts()?;
+        if counts.missed_state_changes > 0 && counts.untracked() == 0 {
+            let listed = self.progress.diag().sockets(self.programs.ports())?;
+            counts.recount(listed.values().map(|socket| socket.local_port));
+            self.table_read_at.set(Some(Instant::now()));
+        }
+        Ok(counts)
     }
 
     pub fn stop_signal(&mut self, signal: Signal) -> Result<Vec<Action>> {
@@ -98,10 +120,10 @@ impl Guard {
 
     /// The kernel announced count changes (already consumed from the ring buffer).
     pub fn counts_changed(&mut self) -> Result<Vec<Action>> {
-        let counts = self.programs.counts()?;
+        let counts = self.counts()?;
         let count = counts.total();
         let now = Instant::now();
-        self.progress.warn_if_unknown(&counts);
+        self.progress.warn_if_untrusted(&counts);
         // While serving, only an unrecorded connection is announced: there is no progress to log.
         let draining = self.phase() != Phase::Serving;
         let step = self.drain.on_count(count, now);
@@ -114,14 +136,28 @@ impl Guard {
 
     /// When [`Guard::timer`] must next run.
     pub fn next_wakeup(&self) -> Option<Instant> {
-        [self.drain.next_timer(), self.progress.next_line_at()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.drain.next_timer(),
+            self.progress.next_line_at(),
+            self.table_recheck_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn table_recheck_at(&self) -> Option<Instant> {
+        match self.phase() {
+            Phase::Draining { .. } => self.table_read_at.get().map(|at| at + TABLE_RECHECK),
+            Phase::Serving | Phase::Released { .. } => None,
+        }
     }
 
     pub fn timer(&mut self) -> Result<Vec<Action>> {
         let now = Instant::now();
+        if self.table_recheck_at().is_some_and(|at| at <= now) {
+            return self.counts_changed();
+        }
         if self.progress.next_line_at().is_some_and(|at| at <= now) {
             let count = self.count()?;
             self.progress.log_pending(&self.programs, count, now);
@@ -138,7 +174,7 @@ impl Guard {
                     // Flip first, read after: a close in between then either shows in the count
                     // or arrives as an event.
                     self.programs.start_refusing()?;
-                    let counts = self.programs.counts()?;
+                    let counts = self.counts()?;
                     let count = counts.total();
                     let now = Instant::now();
                     self.live_at_start = Some(count.live);
@@ -194,7 +230,7 @@ impl Guard {
 
     /// The state now; with the most idle live connections when `with_connections`.
     pub fn status(&self, with_connections: bool) -> Result<Status> {
-        let counts = self.programs.counts()?;
+        let counts = self.counts()?;
         let count = counts.total();
         let now = Instant::now();
         let (elapsed, left, outcome) = match self.phase() {

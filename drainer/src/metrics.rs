@@ -79,7 +79,7 @@ pub fn render(status: &Status) -> String {
     missed.inc_by(status.missed_state_changes);
     registry.register(
         "missed_state_changes",
-        "TCP state changes the kernel skipped the tracepoint for; any makes the count unknown",
+        "TCP state changes the kernel skipped the tracepoint for; after any, the socket table counts",
         missed,
     );
 
@@ -87,7 +87,7 @@ pub fn render(status: &Status) -> String {
     exact.set(i64::from(status.count_exact));
     registry.register(
         "count_exact",
-        "0 once the live count is unknown (untracked connections or missed state changes)",
+        "0 once the live count is unknown (a connection could not be recorded)",
         exact,
     );
 

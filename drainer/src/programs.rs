@@ -150,16 +150,34 @@ pub struct Counts {
     /// was already running on the same CPU (a state change in softirq nested in one in process
     /// context). Any of them may have been an open or a close.
     pub missed_state_changes: u64,
+    /// The live counts were taken from the socket table ([`Counts::recount`]).
+    pub from_socket_table: bool,
 }
 
 impl Counts {
-    /// The sum over ports; inexact once any connection went unrecorded or any state change
-    /// unseen.
+    /// The sum over ports. Inexact once any connection went unrecorded, or any state change
+    /// unseen while the counts still come from the counters.
     pub fn total(&self) -> Count {
         Count {
             live: self.ports.iter().map(|c| c.live).sum(),
-            exact: self.missed_state_changes == 0 && self.ports.iter().all(|c| c.untracked == 0),
+            exact: self.untracked() == 0
+                && (self.missed_state_changes == 0 || self.from_socket_table),
         }
+    }
+
+    /// Replaces each port's live count by the number of live sockets the socket table lists on
+    /// it (`local_ports`, one per socket). The table shows connections made *from* a guarded
+    /// port too, so it may count high, never low.
+    pub fn recount(&mut self, local_ports: impl IntoIterator<Item = u16>) {
+        for port in &mut self.ports {
+            port.live = 0;
+        }
+        for local_port in local_ports {
+            if let Some(port) = self.ports.iter_mut().find(|p| p.port == local_port) {
+                port.live += 1;
+            }
+        }
+        self.from_socket_table = true;
     }
 
     pub fn untracked(&self) -> u64 {
@@ -314,6 +332,7 @@ impl Programs {
         Ok(Counts {
             ports,
             missed_state_changes: self.missed_state_changes()?,
+            from_socket_table: false,
         })
     }
 
@@ -384,6 +403,40 @@ impl Programs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn counts(missed_state_changes: u64, untracked: u64) -> Counts {
+        Counts {
+            ports: [8000, 8443]
+                .map(|port| PortCount {
+                    port,
+                    live: 5,
+                    refused: 0,
+                    untracked,
+                })
+                .to_vec(),
+            missed_state_changes,
+            from_socket_table: false,
+        }
+    }
+
+    #[test]
+    fn a_missed_state_change_leaves_the_counters_untrusted_until_the_socket_table_recounts() {
+        assert!(counts(0, 0).total().exact);
+        let mut missed = counts(1, 0);
+        assert!(!missed.total().exact);
+        missed.recount([8443, 9000, 8443]);
+        assert_eq!(missed.ports[0].live, 0);
+        assert_eq!(missed.ports[1].live, 2);
+        assert_eq!(missed.total().live, 2);
+        assert!(missed.total().exact);
+    }
+
+    #[test]
+    fn an_unrecorded_connection_leaves_the_count_unknown_even_after_a_recount() {
+        let mut full = counts(1, 1);
+        full.recount([]);
+        assert!(!full.total().exact);
+    }
 
     #[test]
     fn recursion_misses_are_read_from_a_programs_fdinfo() {

@@ -26,7 +26,8 @@ pub struct Progress {
     last_live: Option<i64>,
     /// The count changed since the last line; log it at `next_line_at`.
     pending: bool,
-    warned_unknown: bool,
+    warned_untracked: bool,
+    warned_missed: bool,
 }
 
 impl Progress {
@@ -37,7 +38,8 @@ impl Progress {
             last_logged: None,
             last_live: None,
             pending: false,
-            warned_unknown: false,
+            warned_untracked: false,
+            warned_missed: false,
         }
     }
 
@@ -54,7 +56,7 @@ impl Progress {
             "draining: refusing new connections; {} ({per_port})",
             live_words(count)
         );
-        self.warn_if_unknown(counts);
+        self.warn_if_untrusted(counts);
         self.log_line(programs, count, now);
     }
 
@@ -131,29 +133,26 @@ impl Progress {
         self.diag.most_idle(programs.ports(), limit)
     }
 
-    /// Says once, when it happens, that the count can no longer be trusted, and why.
-    pub fn warn_if_unknown(&mut self, counts: &Counts) {
-        if counts.total().exact || self.warned_unknown {
-            return;
+    /// Says once, when it happens, that the counters can no longer be trusted, and what
+    /// replaces them.
+    pub fn warn_if_untrusted(&mut self, counts: &Counts) {
+        let untracked = counts.untracked();
+        if untracked > 0 && !self.warned_untracked {
+            self.warned_untracked = true;
+            warn!(
+                "the live count is unknown from now on: {untracked} connection(s) could not be \
+                 recorded (a BPF map is full); a drain will run to its deadline"
+            );
         }
-        self.warned_unknown = true;
-        let mut causes = Vec::new();
-        if counts.untracked() > 0 {
-            causes.push(format!(
-                "{} connection(s) could not be recorded (a BPF map is full)",
-                counts.untracked()
-            ));
-        }
-        if counts.missed_state_changes > 0 {
-            causes.push(format!(
-                "the kernel skipped the tracepoint for {} TCP state change(s)",
+        if counts.missed_state_changes > 0 && untracked == 0 && !self.warned_missed {
+            self.warned_missed = true;
+            warn!(
+                "the kernel skipped drainer's tracepoint for {} TCP state change(s), so the \
+                 counters can no longer be trusted: counting live connections from the socket \
+                 table from now on (connections made from a guarded port count too)",
                 counts.missed_state_changes
-            ));
+            );
         }
-        warn!(
-            "the live count is unknown from now on: {}; a drain will run to its deadline",
-            causes.join(" and ")
-        );
     }
 }
 

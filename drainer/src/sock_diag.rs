@@ -1,7 +1,9 @@
 //! Reading a namespace's TCP sockets through NETLINK_SOCK_DIAG (the interface `ss` uses), to name
 //! live connections — peer and idle time — when a report needs them.
 //!
-//! The kernel side keeps counts, not connections; this costs nothing until a report asks.
+//! The kernel side keeps counts, not connections; this costs nothing until a report asks — or
+//! until the counts can no longer be trusted and the socket table counts instead (see
+//! `guard::Guard::counts`).
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap},
@@ -23,6 +25,8 @@ const NLMSG_HEADER_LEN: usize = 16;
 const REQUEST_LEN: usize = NLMSG_HEADER_LEN + 56;
 /// family, state, timer, retrans, then `struct inet_diag_sockid` (48 bytes) and five u32s.
 const DIAG_MSG_LEN: usize = 4 + 48 + 20;
+/// `idiag_timer` of a TIME_WAIT mini-socket, and of nothing else.
+const TIME_WAIT_TIMER: u8 = 3;
 /// The `tcp_info` attribute, and the bit asking for it in `idiag_ext`.
 const INET_DIAG_INFO: u16 = 2;
 const WANT_INFO: u8 = 1 << (INET_DIAG_INFO - 1);
@@ -192,9 +196,10 @@ impl SockDiag {
     }
 }
 
-/// Parses a `struct inet_diag_msg`.
+/// Parses a `struct inet_diag_msg`; `None` for a TIME_WAIT mini-socket, which the kernel reports
+/// under its sub-state (FIN_WAIT2 included) but which has already reached TCP_CLOSE.
 fn parse_diag_msg(msg: &[u8]) -> Option<(u64, DiagSocket)> {
-    if msg.len() < DIAG_MSG_LEN {
+    if msg.len() < DIAG_MSG_LEN || msg[2] == TIME_WAIT_TIMER {
         return None;
     }
     let family = i32::from(msg[0]);

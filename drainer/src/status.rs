@@ -54,15 +54,14 @@ pub struct Status {
     pub state: State,
     /// Live connections over all guarded ports.
     pub live: i64,
-    /// False once some connection could not be recorded (a full map) or some TCP state change
-    /// was missed: from then on `live` is unknown, too high or too low, and a drain runs to its
-    /// deadline.
+    /// False once some connection could not be recorded (a full map): from then on `live` is
+    /// unknown, too high or too low, and a drain runs to its deadline.
     pub count_exact: bool,
     pub live_at_drain_start: Option<i64>,
     /// Connections refused since drainer started.
     pub refused: u64,
     /// TCP state changes the kernel skipped drainer's tracepoint for (it was already running on
-    /// that CPU).
+    /// that CPU). Once there is one, `live` is counted from the socket table.
     pub missed_state_changes: u64,
     /// Seconds since the drain started (to its release, once released).
     pub drain_elapsed_seconds: Option<f64>,
