@@ -5,6 +5,7 @@ Usage: signal_server.py PORT [--ignore-term] [--exit-after SECONDS CODE]
 Prints "listening", then "got SIGNAME" for each of SIGHUP, SIGUSR1, SIGUSR2 and SIGTERM. On
 SIGTERM it exits 0, unless --ignore-term. With --exit-after it exits with CODE on its own. Each
 connection is closed when its client closes."""
+import os
 import signal
 import socket
 import sys
@@ -16,7 +17,9 @@ ignore_term = "--ignore-term" in sys.argv
 
 def report(signum, _frame):
     name = signal.Signals(signum).name
-    print(f"got {name}", flush=True)
+    # A raw write, not print: the next signal can arrive while this handler is still inside
+    # print, and buffered stdout refuses that reentrant call (RuntimeError).
+    os.write(sys.stdout.fileno(), f"got {name}\n".encode())
     if signum == signal.SIGTERM and not ignore_term:
         sys.exit(0)
 
@@ -27,7 +30,7 @@ for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM):
 if "--exit-after" in sys.argv:
     at = sys.argv.index("--exit-after")
     seconds, code = float(sys.argv[at + 1]), int(sys.argv[at + 2])
-    threading.Timer(seconds, lambda: (print("exiting", flush=True), __import__("os")._exit(code))).start()
+    threading.Timer(seconds, lambda: (print("exiting", flush=True), os._exit(code))).start()
 
 
 

@@ -50,6 +50,23 @@ pub fn answer_as_if_missing(pid: u32, prog_type: u32) -> thread::JoinHandle<()> 
     let listener = fetch_listener(pid).expect("fetch the seccomp listener from the child");
     thread::spawn(move || {
         loop {
+            // Before Linux 6.11 a blocking NOTIF_RECV waits for ever once the child has exited;
+            // poll says so with POLLHUP and no POLLIN (Linux >= 5.8).
+            let mut ready = libc::pollfd {
+                fd: listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll reads and writes the one pollfd it is given.
+            if unsafe { libc::poll(&raw mut ready, 1, -1) } < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return;
+            }
+            if ready.revents & libc::POLLIN == 0 {
+                return; // the child exited
+            }
             // SAFETY: zeroed plain-old-data structs, filled by the kernel.
             let mut notification: libc::seccomp_notif = unsafe { std::mem::zeroed() };
             // SAFETY: the ioctl writes into `notification`.

@@ -1,5 +1,10 @@
 //! Spawning commands, loudly: each is echoed, and a failure names the command.
-use std::{env, path::PathBuf, process::Command};
+use std::{
+    env,
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -29,6 +34,31 @@ pub fn run(command: &mut Command) -> Result<()> {
     let status = command
         .status()
         .with_context(|| format!("cannot start {}", describe(command)))?;
+    if !status.success() {
+        bail!("{} failed: {status}", describe(command));
+    }
+    Ok(())
+}
+
+/// Like [`run`], and shows `watch` each line the command writes to stderr, after passing it on.
+pub fn run_watching_stderr(command: &mut Command, mut watch: impl FnMut(&str)) -> Result<()> {
+    eprintln!("xtask: {}", describe(command));
+    let mut child = command
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", describe(command)))?;
+    let stderr = child
+        .stderr
+        .take()
+        .context("the child's stderr was not piped")?;
+    for line in BufReader::new(stderr).split(b'\n').map_while(Result::ok) {
+        let line = String::from_utf8_lossy(&line);
+        eprintln!("{line}");
+        watch(&line);
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {}", describe(command)))?;
     if !status.success() {
         bail!("{} failed: {status}", describe(command));
     }

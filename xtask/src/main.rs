@@ -3,9 +3,11 @@
 //! Every install step is idempotent and cached: a second run that finds everything in place
 //! costs a few process spawns.
 mod cmd;
+mod fuzz;
 mod python;
 mod system;
 mod toolchain;
+mod vm;
 
 use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
@@ -37,10 +39,14 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         args: Vec<OsString>,
     },
-    /// Everything: formatting, lints, unit tests and the integration tests on this kernel.
+    /// Everything: formatting, lints, unit tests, the integration tests on this kernel, then a
+    /// short fuzzing run.
     Test,
     /// Formatting and clippy.
     Lint,
+    /// The soak test at full size: 100 drains of 1,000 live WebSocket sessions each, with 500
+    /// refused connections a second (about 15 minutes). `test` runs a quick pass of it.
+    Soak,
     /// Benchmarks, side by side with the limit and the peers; writes bench/results/.
     Bench {
         /// Under a minute.
@@ -49,6 +55,25 @@ enum Command {
         /// Only these measurements (rate, throughput, release, activation, scale, idle).
         #[arg(long)]
         only: Option<String>,
+    },
+    /// Fuzz the control socket's request parser (cargo-fuzz, with the eBPF nightly).
+    Fuzz {
+        /// How long to fuzz.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
+    /// The unit and integration tests under the newest kernel of each series Debian's archive
+    /// offers, each booted in qemu (software emulation; no KVM needed).
+    VmTest {
+        /// Only this kernel: a version the archive offers (6.1.0-57) or a series (6.1).
+        #[arg(long)]
+        kernel: Option<String>,
+        /// Only the tests whose names contain this (passed to each test binary).
+        #[arg(long)]
+        filter: Option<String>,
+        /// Minutes one VM may take to run the tests before it is stopped.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
     },
 }
 
@@ -72,7 +97,18 @@ fn dispatch(command: Command) -> Result<()> {
         }
         Command::Test => test(),
         Command::Lint => lint(),
+        Command::Soak => soak(),
         Command::Bench { quick, only } => bench(quick, only.as_deref()),
+        Command::Fuzz { seconds } => fuzz::fuzz(seconds),
+        Command::VmTest {
+            kernel,
+            filter,
+            timeout,
+        } => vm::vm_test(&vm::Options {
+            kernel,
+            filter,
+            timeout: std::time::Duration::from_secs(timeout * 60),
+        }),
     }
 }
 
@@ -93,6 +129,10 @@ fn build(release: bool) -> Result<PathBuf> {
 fn lint() -> Result<()> {
     toolchain::ensure_ebpf_toolchain()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
+    // The fuzz crate is a workspace of its own (it builds only with a nightly).
+    run(cargo()
+        .args(["fmt", "--check", "--manifest-path"])
+        .arg(cmd::workspace_root().join("drainer/fuzz/Cargo.toml")))?;
     run(cargo().args([
         "clippy",
         "--workspace",
@@ -106,14 +146,19 @@ fn lint() -> Result<()> {
     toolchain::clippy_ebpf()
 }
 
-fn test() -> Result<()> {
+/// Checks for root and installs what the integration tests run; returns the virtualenv's python.
+fn integration_prerequisites(command: &str) -> Result<PathBuf> {
     if !system::is_root() {
         bail!(
-            "the integration tests load eBPF programs and create network namespaces: run `sudo ./x test` (or as root)"
+            "the integration tests load eBPF programs and create network namespaces: run `sudo ./x {command}` (or as root)"
         );
     }
     system::ensure_packages(&[("ip", "iproute2"), ("systemd-analyze", "systemd")])?;
-    let python = python::ensure_venv()?;
+    python::ensure_venv()
+}
+
+fn test() -> Result<()> {
+    let python = integration_prerequisites("test")?;
     lint()?;
     let binary = build(false)?;
     run(cargo()
@@ -124,6 +169,19 @@ fn test() -> Result<()> {
             "drainer-ebpf",
             "--no-fail-fast",
         ])
+        .env("DRAINER_BIN", &binary)
+        .env("DRAINER_TEST_PYTHON", &python))?;
+    // Long enough to replay the corpus and catch a regression; `cargo xtask fuzz` searches.
+    fuzz::fuzz(30)
+}
+
+fn soak() -> Result<()> {
+    let python = integration_prerequisites("soak")?;
+    let binary = build(false)?;
+    run(cargo()
+        .args(["test", "--package", "drainer-integration", "--test", "soak"])
+        .args(["--", "--nocapture"])
+        .env("DRAINER_SOAK", "full")
         .env("DRAINER_BIN", &binary)
         .env("DRAINER_TEST_PYTHON", &python))
 }

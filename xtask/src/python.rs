@@ -1,6 +1,6 @@
 //! The Python virtualenv with the real servers and clients the end-to-end tests drive.
 use std::{
-    env, fs,
+    fs,
     hash::{DefaultHasher, Hash as _, Hasher as _},
     path::PathBuf,
     process::Command,
@@ -20,7 +20,7 @@ pub fn ensure_venv() -> Result<PathBuf> {
         .with_context(|| format!("reading {}", requirements.display()))?;
     let mut hasher = DefaultHasher::new();
     text.hash(&mut hasher);
-    let venv = cache_dir()?.join(format!("venv-{:016x}", hasher.finish()));
+    let venv = system::cache_dir()?.join(format!("venv-{:016x}", hasher.finish()));
     let python = venv.join("bin/python");
     let done = venv.join(".installed");
     if done.exists() {
@@ -51,12 +51,4 @@ pub fn ensure_venv() -> Result<PathBuf> {
         .arg(&requirements))?;
     fs::write(&done, "")?;
     Ok(python)
-}
-
-fn cache_dir() -> Result<PathBuf> {
-    let base = match env::var_os("XDG_CACHE_HOME") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env::var_os("HOME").context("HOME is not set")?).join(".cache"),
-    };
-    Ok(base.join("drainer"))
 }

@@ -1,9 +1,24 @@
 //! The machine: root, Debian packages, running drainer with privileges.
-use std::{ffi::OsString, os::unix::process::CommandExt as _, path::Path, process::Command};
+use std::{
+    env,
+    ffi::OsString,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::cmd::run;
+
+/// Where downloads and set-ups are kept between runs: `$XDG_CACHE_HOME/drainer`.
+pub fn cache_dir() -> Result<PathBuf> {
+    let base = match env::var_os("XDG_CACHE_HOME") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env::var_os("HOME").context("HOME is not set")?).join(".cache"),
+    };
+    Ok(base.join("drainer"))
+}
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid cannot fail.
@@ -30,6 +45,25 @@ pub fn ensure_packages(needed: &[(&str, &str)]) -> Result<()> {
         .map(|(_, package)| *package)
         .collect();
     missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    install_debian_packages(&missing)
+}
+
+/// Installs each Debian package that is not installed, for packages whose programs a PATH lookup
+/// cannot tell apart (busybox-static and busybox both install `busybox`).
+pub fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|package| {
+            Command::new("dpkg-query")
+                .args(["--show", "--showformat=${db:Status-Status}", package])
+                .output()
+                .map_or(true, |o| o.stdout != b"installed")
+        })
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }

@@ -1,0 +1,174 @@
+//! `cargo xtask fuzz`: the control socket's request parser under libFuzzer, through cargo-fuzz,
+//! for a bounded time.
+//!
+//! libFuzzer's instrumentation needs a nightly rustc; the eBPF nightly serves, so no third
+//! toolchain is pinned. The build and the corpus the fuzzer grows live under the target directory,
+//! failing inputs where cargo-fuzz puts them (drainer/fuzz/artifacts/, ignored by git); only the
+//! seeds (drainer/fuzz/seeds/) are part of the repository.
+use std::{fs, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    cmd::{cargo, output, run, run_watching_stderr, target_dir, workspace_root},
+    toolchain,
+};
+
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+const TARGET: &str = "control_request";
+/// How far past the daemon's request limit inputs may grow: the parser sees no limit of its own,
+/// so inputs the daemon would refuse as too long are fuzzed too.
+const PAST_MAX_REQUEST: usize = 512;
+
+pub fn fuzz(seconds: u64) -> Result<()> {
+    if seconds == 0 {
+        bail!("--seconds 0 would fuzz without end: give a positive number of seconds");
+    }
+    // drainer's build script builds the eBPF object, with bpf-linker.
+    toolchain::ensure_ebpf_toolchain()?;
+    ensure_cargo_fuzz()?;
+    let nightly = toolchain::ebpf_nightly()?;
+    let root = workspace_root();
+    let root = root
+        .canonicalize()
+        .with_context(|| format!("resolving {}", root.display()))?;
+    let fuzz_dir = root.join("drainer/fuzz");
+    let build_dir = target_dir()?.join("fuzz");
+    let corpus = build_dir.join("corpus").join(TARGET);
+    fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
+    let seeds = fuzz_dir.join("seeds").join(TARGET);
+    let max_len = max_request()? + PAST_MAX_REQUEST;
+
+    let cargo_fuzz = |subcommand: &str| -> Result<Command> {
+        let mut command = Command::new("rustup");
+        command
+            .args(["run", &nightly, "cargo", "fuzz", subcommand, "--fuzz-dir"])
+            .arg(&fuzz_dir)
+            .arg("--target-dir")
+            .arg(&build_dir)
+            .arg(TARGET)
+            .current_dir(&root)
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .env("PATH", toolchain::path_with_cargo_bin()?);
+        Ok(command)
+    };
+    // Built on its own first, so that a compile error is not taken for a finding.
+    run(&mut cargo_fuzz("build")?)?;
+
+    let mut fuzz = cargo_fuzz("run")?;
+    // libFuzzer adds what it finds to the first corpus directory only: the seeds stay as they are.
+    fuzz.arg(&corpus).arg(&seeds).arg("--").args([
+        format!("-max_total_time={seconds}"),
+        format!("-max_len={max_len}"),
+        format!(
+            "-dict={}",
+            fuzz_dir.join(format!("{TARGET}.dict")).display()
+        ),
+        "-print_final_stats=1".to_owned(),
+    ]);
+    let mut stats = Stats::default();
+    if let Err(err) = run_watching_stderr(&mut fuzz, |line| stats.read(line)) {
+        let Some(input) = stats.failing_input else {
+            return Err(err);
+        };
+        bail!(
+            "the fuzzer found an input that {TARGET} fails on (shown above), saved as {input}; \
+             reproduce with `rustup run {nightly} cargo fuzz run --fuzz-dir {} --target-dir {} \
+             {TARGET} {input}`, then fix the parser (or the property, if it is wrong)",
+            fuzz_dir.display(),
+            build_dir.display()
+        );
+    }
+    stats.report(seconds, &corpus)
+}
+
+/// Installs cargo-fuzz into $CARGO_HOME/bin unless this version is there already.
+fn ensure_cargo_fuzz() -> Result<()> {
+    let installed = output(cargo().args(["install", "--list"]))?;
+    let wanted = format!("cargo-fuzz v{CARGO_FUZZ_VERSION}:");
+    if installed.lines().any(|line| line.starts_with(&wanted)) {
+        return Ok(());
+    }
+    run(cargo().args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+        "--force",
+    ]))
+}
+
+/// The daemon's request limit, read from its source so the fuzzer's follows it.
+fn max_request() -> Result<usize> {
+    let file = workspace_root().join("drainer/src/control.rs");
+    let text = fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let value = text
+        .lines()
+        .find_map(|line| line.strip_prefix("pub const MAX_REQUEST: usize = "))
+        .with_context(|| {
+            format!(
+                "no `pub const MAX_REQUEST: usize = N;` in {}: xtask reads the limit from that line",
+                file.display()
+            )
+        })?;
+    value
+        .trim_end_matches(';')
+        .replace('_', "")
+        .parse()
+        .with_context(|| format!("MAX_REQUEST in {} is not a plain number", file.display()))
+}
+
+/// What libFuzzer reports: its last status line, with -print_final_stats the totals, and the file
+/// it saved a failing input to.
+#[derive(Default)]
+struct Stats {
+    status: Option<String>,
+    executions: Option<u64>,
+    per_second: Option<u64>,
+    failing_input: Option<String>,
+}
+
+impl Stats {
+    fn read(&mut self, line: &str) {
+        if let Some((_, path)) = line.split_once("Test unit written to ") {
+            self.failing_input = Some(path.trim().to_owned());
+        } else if line.starts_with('#') && line.contains(" cov: ") {
+            self.status = Some(line.to_owned());
+        } else if let Some(value) = line.strip_prefix("stat::number_of_executed_units:") {
+            self.executions = value.trim().parse().ok();
+        } else if let Some(value) = line.strip_prefix("stat::average_exec_per_sec:") {
+            self.per_second = value.trim().parse().ok();
+        }
+    }
+
+    fn report(&self, seconds: u64, corpus: &std::path::Path) -> Result<()> {
+        let (Some(executions), Some(per_second)) = (self.executions, self.per_second) else {
+            bail!("libFuzzer printed no final statistics: was -print_final_stats=1 dropped?");
+        };
+        if executions == 0 {
+            bail!("libFuzzer ran {TARGET} on no input at all: the fuzzing run proves nothing");
+        }
+        let field = |name: &str| {
+            self.status
+                .as_deref()
+                .and_then(|line| {
+                    let mut words = line.split_whitespace();
+                    words.find(|word| *word == name)?;
+                    words.next()
+                })
+                .unwrap_or("?")
+                .to_owned()
+        };
+        eprintln!(
+            "xtask: fuzzed {TARGET} for {seconds} s, no failure: {executions} executions, \
+             {per_second}/s; coverage {} edges, {} features; corpus {} ({})",
+            field("cov:"),
+            field("ft:"),
+            field("corp:"),
+            corpus.display()
+        );
+        Ok(())
+    }
+}
