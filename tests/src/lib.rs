@@ -117,6 +117,29 @@ pub fn live_app_command(port: u16) -> Vec<String> {
     .into()
 }
 
+/// Waits for tests/python/live_clients.py to exit successfully; returns its one JSON report per
+/// session, checking there are `sessions` of them.
+pub fn live_session_results(
+    clients: &mut process::Process,
+    sessions: usize,
+    timeout: std::time::Duration,
+) -> Vec<serde_json::Value> {
+    let status = clients.wait(timeout);
+    assert!(
+        status.success(),
+        "clients failed: {status}\n{}",
+        clients.output()
+    );
+    let results: Vec<serde_json::Value> = clients
+        .lines()
+        .iter()
+        .filter(|line| line.text.starts_with('{'))
+        .map(|line| serde_json::from_str(&line.text).expect("session JSON"))
+        .collect();
+    assert_eq!(results.len(), sessions, "{}", clients.output());
+    results
+}
+
 /// The echo server (tests/python/echo_server.py) listening on each `host port` pair in `netns`.
 pub fn echo_server(netns: &netns::TestNetns, listen: &[(&str, u16)]) -> process::Process {
     let mut command = netns.command(python());

@@ -2,10 +2,10 @@
 use std::{io::ErrorKind, net::SocketAddr, time::Duration};
 
 use drainer_integration::{
-    drainer_run, live_app_command, netns::TestNetns, process::Process, python, require_root, script,
+    drainer_run, live_app_command, live_session_results, netns::TestNetns, process::Process,
+    python, require_root, script,
 };
 use nix::sys::signal::Signal;
-use serde_json::Value;
 
 const PORT: u16 = 8000;
 const SESSIONS: usize = 20;
@@ -28,23 +28,6 @@ fn start_sessions(netns: &TestNetns) -> Process {
     // Every session is now mid-stream: the shortest lasts 1 s.
     std::thread::sleep(Duration::from_millis(200));
     clients
-}
-
-fn session_results(clients: &mut Process) -> Vec<Value> {
-    let status = clients.wait(Duration::from_secs(60));
-    assert!(
-        status.success(),
-        "clients failed: {status}\n{}",
-        clients.output()
-    );
-    let results: Vec<Value> = clients
-        .lines()
-        .iter()
-        .filter(|line| line.text.starts_with('{'))
-        .map(|line| serde_json::from_str(&line.text).expect("session JSON"))
-        .collect();
-    assert_eq!(results.len(), SESSIONS, "{}", clients.output());
-    results
 }
 
 fn addr() -> SocketAddr {
@@ -70,7 +53,7 @@ fn every_live_session_ends_normally_when_uvicorn_is_stopped_under_drainer() {
         .expect_err("a connection after the drain started was accepted");
     assert_eq!(refused.kind(), ErrorKind::ConnectionRefused, "{refused}");
 
-    let results = session_results(&mut clients);
+    let results = live_session_results(&mut clients, SESSIONS, Duration::from_secs(60));
     for result in &results {
         assert_eq!(result["code"], 1000, "session ended abnormally: {result}");
         assert_eq!(
@@ -107,7 +90,7 @@ fn without_drainer_uvicorn_closes_live_sessions_with_1012() {
     let mut clients = start_sessions(&netns);
     server.signal(Signal::SIGTERM);
 
-    let results = session_results(&mut clients);
+    let results = live_session_results(&mut clients, SESSIONS, Duration::from_secs(60));
     for result in &results {
         assert_eq!(
             result["code"], 1012,

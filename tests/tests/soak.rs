@@ -15,11 +15,10 @@ use std::{
 };
 
 use drainer_integration::{
-    drainer_run, live_app_command, live_field, netns::TestNetns, process::Process, python,
-    require_root, script,
+    drainer_run, live_app_command, live_field, live_session_results, netns::TestNetns,
+    process::Process, python, require_root, script,
 };
 use nix::sys::signal::Signal;
-use serde_json::Value;
 
 const PORT: u16 = 8000;
 /// New connections attempted per second while each drain runs.
@@ -100,19 +99,7 @@ fn open_sessions(netns: &TestNetns, plan: &Plan) -> Process {
 }
 
 fn assert_every_session_ended_normally(clients: &mut Process, plan: &Plan, drain: usize) {
-    let status = clients.wait(Duration::from_secs(120));
-    assert!(
-        status.success(),
-        "drain {drain}: clients failed: {status}\n{}",
-        clients.output()
-    );
-    let results: Vec<Value> = clients
-        .lines()
-        .iter()
-        .filter(|line| line.text.starts_with('{'))
-        .map(|line| serde_json::from_str(&line.text).expect("session JSON"))
-        .collect();
-    assert_eq!(results.len(), plan.sessions, "drain {drain}");
+    let results = live_session_results(clients, plan.sessions, Duration::from_secs(120));
     for result in &results {
         assert!(
             result["code"] == 1000 && result["received"] == result["expected"],
