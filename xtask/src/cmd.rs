@@ -3,7 +3,7 @@ use std::{
     env,
     io::{BufRead as _, BufReader},
     path::PathBuf,
-    process::{Command, Stdio},
+    process::{Command, ExitStatus, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -34,6 +34,10 @@ pub fn run(command: &mut Command) -> Result<()> {
     let status = command
         .status()
         .with_context(|| format!("cannot start {}", describe(command)))?;
+    succeeded(command, status)
+}
+
+fn succeeded(command: &Command, status: ExitStatus) -> Result<()> {
     if !status.success() {
         bail!("{} failed: {status}", describe(command));
     }
@@ -59,10 +63,7 @@ pub fn run_watching_stderr(command: &mut Command, mut watch: impl FnMut(&str)) -
     let status = child
         .wait()
         .with_context(|| format!("waiting for {}", describe(command)))?;
-    if !status.success() {
-        bail!("{} failed: {status}", describe(command));
-    }
-    Ok(())
+    succeeded(command, status)
 }
 
 pub fn output(command: &mut Command) -> Result<String> {
