@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use drainer::sock_diag::SockDiag;
+use drainer::kernel::SockDiag;
 use nix::sys::signal::{SigHandler, Signal, kill, signal};
 
 use crate::clock::monotonic_ns;

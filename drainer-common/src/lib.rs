@@ -1,7 +1,12 @@
-//! The records drainer's kernel-side programs and its userspace share through BPF maps.
+//! What drainer's parts share: the records its kernel-side programs and its userspace exchange
+//! through BPF maps (here, `no_std`), and, with the `protocol` feature, the control socket's
+//! protocol ([`protocol`]), which the daemon, its clients, the fuzz target and xtask all use.
 //!
-//! Every type is `#[repr(C)]` with explicit padding so both sides agree on the layout.
-#![no_std]
+//! Every map record is `#[repr(C)]` with explicit padding so both sides agree on the layout.
+#![cfg_attr(not(feature = "protocol"), no_std)]
+
+#[cfg(feature = "protocol")]
+pub mod protocol;
 
 /// How many distinct ports one drainer instance can guard.
 pub const MAX_PORTS: u32 = 64;

@@ -9,10 +9,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::{
-    control::{Reply, Request},
-    status::{Outcome, Status},
-};
+use drainer_common::protocol::{Outcome, Reply, Request, Status};
 
 /// `drainer drain --wait` exit codes.
 pub const EXIT_DRAINED: i32 = 0;

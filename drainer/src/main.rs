@@ -4,18 +4,16 @@ use clap::Parser as _;
 use drainer::{
     cli::{Cli, Command},
     client,
-    control::Allowed,
-    daemon::{self, DaemonOptions},
-    logging,
-    release_target::ReleaseTarget,
-    run::{self, RunOptions},
+    daemon::{self, Allowed, DaemonOptions, ReleaseTarget},
+    supervisor::{self, RunOptions},
+    system::logging,
 };
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init();
     let result = match cli.command {
-        Command::Run(args) => run::run(RunOptions {
+        Command::Run(args) => supervisor::run(RunOptions {
             ports: args.ports,
             drain_timeout: args.drain_timeout,
             kill_after: args.kill_after,

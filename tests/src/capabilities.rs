@@ -2,7 +2,7 @@
 //! running process holds, from /proc/PID/status.
 use std::{io, os::unix::process::CommandExt as _, process::Command};
 
-pub use drainer::capabilities::{
+pub use drainer::system::capabilities::{
     CAP_BPF, CAP_KILL, CAP_NET_ADMIN, CAP_PERFMON, CAP_SETGID, CAP_SETPCAP, CAP_SETUID,
     CAP_SYS_ADMIN, Capability, last_capability,
 };

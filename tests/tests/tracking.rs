@@ -8,11 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use drainer::{
-    netns::Netns,
-    programs::{Programs, Target},
-    sock_diag::SockDiag,
-};
+use drainer::kernel::{Kernel, Netns, SockDiag, Target};
 use drainer_integration::{echo, echo_server, netns::TestNetns, require_root};
 
 const PORT: u16 = 8000;
@@ -21,9 +17,9 @@ fn addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], PORT))
 }
 
-fn attach(netns: &TestNetns) -> Programs {
+fn attach(netns: &TestNetns) -> Kernel {
     let target_netns = Netns::open(netns.path()).unwrap();
-    Programs::attach(&Target {
+    Kernel::attach(&Target {
         ports: &[PORT],
         netns: &target_netns,
     })
@@ -35,14 +31,14 @@ fn listed(netns: &TestNetns) -> usize {
     netns.run(|| SockDiag::open().unwrap().sockets(&[PORT]).unwrap().len())
 }
 
-fn live(programs: &Programs) -> i64 {
+fn live(programs: &Kernel) -> i64 {
     programs.counts().unwrap().total().live
 }
 
 /// Waits until the count equals `expected` (the server's side of a close lags the client's by a
 /// round trip), then checks it stays there, that nothing went untracked, and that sock_diag
 /// lists as many live sockets on the port.
-fn assert_count(netns: &TestNetns, programs: &Programs, expected: i64) {
+fn assert_count(netns: &TestNetns, programs: &Kernel, expected: i64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while live(programs) != expected && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(5));

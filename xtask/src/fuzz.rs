@@ -8,6 +8,7 @@
 use std::{fs, process::Command};
 
 use anyhow::{Context as _, Result, bail};
+use drainer_common::protocol::MAX_REQUEST;
 
 use crate::{
     cmd::{cargo, output, run, run_watching_stderr, target_dir, workspace_root},
@@ -24,8 +25,6 @@ pub fn fuzz(seconds: u64) -> Result<()> {
     if seconds == 0 {
         bail!("--seconds 0 would fuzz without end: give a positive number of seconds");
     }
-    // drainer's build script builds the eBPF object, with bpf-linker.
-    toolchain::ensure_ebpf_toolchain()?;
     ensure_cargo_fuzz()?;
     let nightly = toolchain::ebpf_nightly()?;
     let root = workspace_root();
@@ -37,7 +36,7 @@ pub fn fuzz(seconds: u64) -> Result<()> {
     let corpus = build_dir.join("corpus").join(TARGET);
     fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
     let seeds = fuzz_dir.join("seeds").join(TARGET);
-    let max_len = max_request()? + PAST_MAX_REQUEST;
+    let max_len = MAX_REQUEST + PAST_MAX_REQUEST;
 
     let cargo_fuzz = |subcommand: &str| -> Result<Command> {
         let mut command = Command::new("rustup");
@@ -98,26 +97,6 @@ fn ensure_cargo_fuzz() -> Result<()> {
         "--locked",
         "--force",
     ]))
-}
-
-/// The daemon's request limit, read from its source so the fuzzer's follows it.
-fn max_request() -> Result<usize> {
-    let file = workspace_root().join("drainer/src/control.rs");
-    let text = fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    let value = text
-        .lines()
-        .find_map(|line| line.strip_prefix("pub const MAX_REQUEST: usize = "))
-        .with_context(|| {
-            format!(
-                "no `pub const MAX_REQUEST: usize = N;` in {}: xtask reads the limit from that line",
-                file.display()
-            )
-        })?;
-    value
-        .trim_end_matches(';')
-        .replace('_', "")
-        .parse()
-        .with_context(|| format!("MAX_REQUEST in {} is not a plain number", file.display()))
 }
 
 /// What libFuzzer reports: its last status line, with -print_final_stats the totals, and the file

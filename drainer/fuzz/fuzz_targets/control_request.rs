@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use drainer::control::{MAX_REQUEST, Request, parse_request};
+use drainer_common::protocol::{MAX_REQUEST, Request, parse_request};
 use libfuzzer_sys::fuzz_target;
 
 /// The request every syntax error offers as an example.

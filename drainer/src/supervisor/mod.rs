@@ -1,30 +1,36 @@
 //! `drainer run`: guard the ports, start the server as a child, and hold its stop signal back
 //! until its connections have drained.
 //!
-//! Everything after start-up happens in one tokio-uring event loop, woken only by signals, the
-//! kernel's count-change events, the child's exit and the drain's own deadlines: no polling.
+//! After start-up the event loop adds two sources to the engine's: the child's pidfd (it exited)
+//! and the signals passed through to it.
+mod child;
+mod privileges;
+
 use std::{ffi::OsString, time::Duration};
 
 use anyhow::{Context as _, Result};
 use nix::sys::signal::Signal;
 use tokio::{
+    io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
     sync::mpsc,
-    time::{Instant, sleep_until},
 };
 use tracing::{error, info};
 
+use self::{
+    child::{Child, ExitStatus},
+    privileges::{ChildPrivileges, Identity},
+};
 use crate::{
-    capabilities::{
+    engine::{
+        Action, Engine,
+        policy::{Drain, Trigger},
+    },
+    event_loop::{EventLoop, Input, watch},
+    kernel::{Kernel, Netns, Target},
+    system::capabilities::{
         self, CAP_BPF, CAP_KILL, CAP_NET_ADMIN, CAP_PERFMON, CAP_SETGID, CAP_SETPCAP, CAP_SETUID,
     },
-    child::{Child, ExitStatus},
-    drain::{Drain, Trigger},
-    guard::{Action, Guard},
-    loop_io::{drain_ring, flush_logs, watch},
-    netns::Netns,
-    privileges::{ChildPrivileges, Identity},
-    startup,
 };
 
 pub struct RunOptions {
@@ -60,26 +66,29 @@ pub fn run(options: RunOptions) -> Result<i32> {
     capabilities::require(&needed)?;
     let privileges = ChildPrivileges::new(identity)?;
     let netns = Netns::current()?;
-    let attached = startup::attach(&options.ports, &netns)?;
-    let _claims = attached.claims;
+    let kernel = Kernel::attach(&Target {
+        ports: &options.ports,
+        netns: &netns,
+    })?;
     let drain = Drain::new(options.drain_timeout, Some(options.kill_after));
-    let guard = Guard::new(attached.programs, attached.diag, drain, options.kill_after);
-    tokio_uring::start(supervise(guard, options, privileges))
+    let engine = Engine::new(kernel, drain, options.kill_after);
+    tokio_uring::start(supervise(engine, options, privileges))
+}
+
+/// What `run` adds to the engine's inputs.
+enum ChildInput {
+    Exited(ExitStatus),
+    Forward(Signal),
 }
 
 async fn supervise(
-    mut guard: Guard,
+    mut engine: Engine,
     options: RunOptions,
     privileges: ChildPrivileges,
 ) -> Result<i32> {
     // Listen before the child exists, so no signal sent from then on is lost.
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut event_loop = EventLoop::new(engine.kernel_mut())?;
     let mut forwarded = forward_signals()?;
-    let mut events =
-        watch(guard.programs_mut().take_events()?).context("watching the event ring buffer")?;
-    let mut ebpf_logs =
-        watch(guard.programs_mut().take_logger()?).context("watching the eBPF logs")?;
 
     let child = watch(Child::spawn(&options.command, &privileges)?)
         .context("watching the command's pidfd")?;
@@ -90,41 +99,43 @@ async fn supervise(
         "started {}",
         command_line(&options.command)
     );
-    guard
+    engine
         .systemd()
-        .ready(&format!("serving: {} live", guard.count()?.live));
+        .ready(&format!("serving: {} live", engine.count()?.live));
 
     loop {
-        let wakeup = guard.next_wakeup().map(Instant::from_std);
-        let actions = tokio::select! {
-            _ = terminate.recv() => guard.stop_signal(Signal::SIGTERM)?,
-            _ = interrupt.recv() => guard.stop_signal(Signal::SIGINT)?,
-            Some(sig) = forwarded.recv() => vec![Action::Forward(sig)],
-            ready = events.readable_mut() => {
-                drain_ring(ready?);
-                guard.counts_changed()?
-            }
-            ready = ebpf_logs.readable_mut() => {
-                flush_logs(ready?);
-                Vec::new()
-            }
-            ready = child.readable() => {
-                let mut ready = ready?;
-                if let Some(status) = child.get_ref().try_exit_status()? {
-                    return Ok(exited(status));
-                }
-                ready.clear_ready();
-                Vec::new()
-            }
-            () = sleep_until(wakeup.unwrap_or_else(Instant::now)), if wakeup.is_some() => guard.timer()?,
+        let from_child = child_input(&child, &mut forwarded);
+        let actions = match event_loop.next(engine.next_wakeup(), from_child).await? {
+            Input::Engine(input) => engine.on(input)?,
+            Input::Mode(ChildInput::Forward(signal)) => vec![Action::Forward(signal)],
+            Input::Mode(ChildInput::Exited(status)) => return Ok(exited(status)),
         };
         for action in actions {
-            carry_out(action, &guard, child.get_ref())?;
+            carry_out(action, &engine, child.get_ref())?;
         }
     }
 }
 
-fn carry_out(action: Action, guard: &Guard, child: &Child) -> Result<()> {
+/// The child's exit, or a signal to pass through to it.
+async fn child_input(
+    child: &AsyncFd<Child>,
+    forwarded: &mut mpsc::UnboundedReceiver<Signal>,
+) -> Result<ChildInput> {
+    loop {
+        tokio::select! {
+            Some(signal) = forwarded.recv() => return Ok(ChildInput::Forward(signal)),
+            ready = child.readable() => {
+                let mut ready = ready?;
+                if let Some(status) = child.get_ref().try_exit_status()? {
+                    return Ok(ChildInput::Exited(status));
+                }
+                ready.clear_ready();
+            }
+        }
+    }
+}
+
+fn carry_out(action: Action, engine: &Engine, child: &Child) -> Result<()> {
     match action {
         Action::Release { trigger, .. } => {
             let signal = match trigger {
@@ -132,7 +143,7 @@ fn carry_out(action: Action, guard: &Guard, child: &Child) -> Result<()> {
                 Trigger::Request => Signal::SIGTERM,
             };
             info!("sending {signal} to the server");
-            guard
+            engine
                 .systemd()
                 .stopping(&format!("released: sent {signal} to the server"));
             child.signal(signal)

@@ -4,25 +4,24 @@
 use std::{cell::RefCell, rc::Rc, time::Duration};
 
 use anyhow::Result;
-use tokio::sync::{mpsc, oneshot};
+use drainer_common::protocol::{Outcome, State};
 use tokio_uring::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
-use crate::{
-    control::Command,
+use super::{
     follow::follow,
-    guard::Guard,
     metrics,
-    status::{Outcome, State},
+    requests::{Command, Commands, ask},
     wire::{self, Stream as _},
 };
+use crate::engine::Engine;
 
 const MAX_HEAD: usize = 8192;
 const HEAD_TIME: Duration = Duration::from_secs(5);
 
 pub struct Http {
-    pub guard: Rc<RefCell<Guard>>,
-    pub commands: mpsc::UnboundedSender<Command>,
+    pub engine: Rc<RefCell<Engine>>,
+    pub commands: Commands,
     /// `None`: the drain endpoint is disabled.
     pub token: Option<String>,
 }
@@ -98,7 +97,7 @@ async fn respond(stream: &TcpStream, http: &Http) -> Response {
         .unwrap_or_default();
     match (method, path) {
         ("GET", "/readyz") => readyz(http),
-        ("GET", "/metrics") => match http.guard.borrow().status(false) {
+        ("GET", "/metrics") => match http.engine.borrow().status(false) {
             Ok(status) => Response {
                 code: 200,
                 reason: "OK",
@@ -120,7 +119,7 @@ async fn respond(stream: &TcpStream, http: &Http) -> Response {
 }
 
 fn readyz(http: &Http) -> Response {
-    match http.guard.borrow().status(false).map(|s| s.state) {
+    match http.engine.borrow().status(false).map(|s| s.state) {
         Ok(State::Serving) => Response::text(200, "OK", "serving\n"),
         Ok(state) => Response::text(503, "Service Unavailable", format!("{}\n", state.as_str())),
         Err(err) => Response::text(500, "Internal Server Error", format!("{err:#}\n")),
@@ -149,20 +148,17 @@ async fn drain(http: &Http, headers: &[httparse::Header<'_>]) -> Response {
         );
     }
     info!("drain requested over HTTP");
-    let (done, acknowledged) = oneshot::channel();
-    if http
-        .commands
-        .send(Command::Drain {
-            timeout: None,
-            done,
-        })
-        .is_err()
-        || acknowledged.await.is_err()
+    if ask(&http.commands, |done| Command::Drain {
+        timeout: None,
+        done,
+    })
+    .await
+    .is_err()
     {
         return Response::text(503, "Service Unavailable", "drainer is shutting down\n");
     }
     let mut outcome = None;
-    let followed: Result<()> = follow(&http.guard, |status, released| {
+    let followed: Result<()> = follow(&http.engine, |status, released| {
         if released {
             outcome = Some((status.outcome, status.live));
         }

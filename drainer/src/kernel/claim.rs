@@ -13,7 +13,7 @@ use std::os::{
 use anyhow::{Context as _, Result, bail};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
-use crate::netns::Netns;
+use super::netns::Netns;
 
 /// The claims, held for drainer's lifetime.
 pub struct PortClaims {

@@ -15,7 +15,7 @@ use std::{ffi::CString, io};
 use anyhow::{Context as _, Result, bail};
 use nix::unistd::{Gid, Group, Uid, User, getgrouplist};
 
-use crate::capabilities::{
+use crate::system::capabilities::{
     CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN, Capability, CapabilitySets, check,
     last_capability,
 };

@@ -4,6 +4,18 @@
 //!
 //! A drain started by a signal ends the daemon at release (its own stop was asked for). A drain
 //! started by a request leaves it running, refusing, until it is signalled.
+//!
+//! The event loop adds one source to the engine's: the [`requests`] channel, through which the
+//! [`control`] socket and the [`http`] listener ask for a drain or a release.
+mod access;
+mod control;
+mod follow;
+mod http;
+mod metrics;
+mod release_target;
+mod requests;
+mod wire;
+
 use std::{
     cell::{Cell, RefCell},
     fs,
@@ -15,23 +27,22 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use nix::sys::signal::Signal;
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::mpsc,
-    time::{Instant, sleep, sleep_until},
-};
+use tokio::{sync::mpsc, time::sleep};
 use tracing::{info, warn};
 
+pub use self::{access::Allowed, release_target::ReleaseTarget};
+use self::{
+    http::Http,
+    requests::{Command, Commands},
+};
 use crate::{
-    capabilities::{self, CAP_BPF, CAP_KILL, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN},
-    control::{self, Allowed, Command},
-    drain::{Drain, Trigger},
-    guard::{Action, Guard},
-    http::{self, Http},
-    loop_io::{drain_ring, flush_logs, watch},
-    netns::Netns,
-    release_target::ReleaseTarget,
-    startup,
+    engine::{
+        Action, Engine,
+        policy::{Drain, Trigger},
+    },
+    event_loop::{EventLoop, Input},
+    kernel::{Kernel, Netns, Target},
+    system::capabilities::{self, CAP_BPF, CAP_KILL, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN},
 };
 
 pub struct DaemonOptions {
@@ -66,24 +77,20 @@ pub fn daemon(options: DaemonOptions) -> Result<i32> {
     if token.is_some() && options.http.is_none() {
         bail!("--http-token-file protects the HTTP drain endpoint: give --http ADDR as well");
     }
-    let attached = startup::attach(&options.ports, &netns)?;
-    let _claims = attached.claims;
-    let guard = Guard::new(
-        attached.programs,
-        attached.diag,
+    let kernel = Kernel::attach(&Target {
+        ports: &options.ports,
+        netns: &netns,
+    })?;
+    let engine = Engine::new(
+        kernel,
         Drain::new(options.drain_timeout, None),
         Duration::ZERO,
     );
-    tokio_uring::start(serve(guard, options, token))
+    tokio_uring::start(serve(engine, options, token))
 }
 
-async fn serve(mut guard: Guard, options: DaemonOptions, token: Option<String>) -> Result<i32> {
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut events =
-        watch(guard.programs_mut().take_events()?).context("watching the event ring buffer")?;
-    let mut ebpf_logs =
-        watch(guard.programs_mut().take_logger()?).context("watching the eBPF logs")?;
+async fn serve(mut engine: Engine, options: DaemonOptions, token: Option<String>) -> Result<i32> {
+    let mut event_loop = EventLoop::new(engine.kernel_mut())?;
     let control_listener = control::bind(&options.control_socket)?;
     let http_listener = match options.http {
         Some(addr) => Some(
@@ -97,11 +104,11 @@ async fn serve(mut guard: Guard, options: DaemonOptions, token: Option<String>) 
     // user) is all that is left.
     capabilities::keep_only(&[CAP_KILL])?;
 
-    let guard = Rc::new(RefCell::new(guard));
-    let (commands, mut requests) = mpsc::unbounded_channel();
+    let engine = Rc::new(RefCell::new(engine));
+    let (commands, mut requests): (Commands, _) = mpsc::unbounded_channel();
     tokio::task::spawn_local(control::serve(
         control_listener,
-        guard.clone(),
+        engine.clone(),
         commands.clone(),
         options.allowed.clone(),
     ));
@@ -112,53 +119,42 @@ async fn serve(mut guard: Guard, options: DaemonOptions, token: Option<String>) 
             if token.is_some() { ", /drain" } else { "" }
         );
         let http = Rc::new(Http {
-            guard: guard.clone(),
+            engine: engine.clone(),
             commands: commands.clone(),
             token,
         });
         tokio::task::spawn_local(http::serve(listener, http));
     }
     info!("control socket {}", options.control_socket.display());
-    let live = guard.borrow().count()?.live;
-    guard
+    let live = engine.borrow().count()?.live;
+    engine
         .borrow()
         .systemd()
         .ready(&format!("serving: {live} live"));
 
     let exit = Rc::new(Cell::new(false));
     loop {
-        let wakeup = guard.borrow().next_wakeup().map(Instant::from_std);
-        let actions = tokio::select! {
-            _ = terminate.recv() => guard.borrow_mut().stop_signal(Signal::SIGTERM)?,
-            _ = interrupt.recv() => guard.borrow_mut().stop_signal(Signal::SIGINT)?,
-            Some(command) = requests.recv() => match command {
-                Command::Drain { timeout, done } => {
-                    info!("drain requested through the control socket or HTTP");
-                    let actions = guard.borrow_mut().drain_request(timeout)?;
-                    let _ = done.send(());
-                    actions
-                }
-                Command::Release { done } => {
-                    let actions = guard.borrow_mut().force_release()?;
-                    let _ = done.send(());
-                    actions
-                }
-            },
-            ready = events.readable_mut() => {
-                drain_ring(ready?);
-                guard.borrow_mut().counts_changed()?
+        let wakeup = engine.borrow().next_wakeup();
+        let request = async { requests.recv().await.context("the request channel closed") };
+        let actions = match event_loop.next(wakeup, request).await? {
+            Input::Engine(input) => engine.borrow_mut().on(input)?,
+            Input::Mode(Command::Drain { timeout, done }) => {
+                info!("drain requested through the control socket or HTTP");
+                let actions = engine.borrow_mut().drain_request(timeout)?;
+                let _ = done.send(());
+                actions
             }
-            ready = ebpf_logs.readable_mut() => {
-                flush_logs(ready?);
-                Vec::new()
+            Input::Mode(Command::Release { done }) => {
+                let actions = engine.borrow_mut().force_release()?;
+                let _ = done.send(());
+                actions
             }
-            () = sleep_until(wakeup.unwrap_or_else(Instant::now)), if wakeup.is_some() => guard.borrow_mut().timer()?,
         };
         for action in actions {
             carry_out(action, &options, &exit);
         }
         if exit.get() {
-            guard.borrow().systemd().stopping("released; exiting");
+            engine.borrow().systemd().stopping("released; exiting");
             // Let waiters read the release before the sockets close.
             sleep(WAITER_GRACE).await;
             info!("exiting");

@@ -6,10 +6,8 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::{
-    drain::Count,
-    programs::{Counts, Programs},
-    sock_diag::{DiagSocket, SockDiag},
-    systemd::Systemd,
+    kernel::{Count, Counts, DiagSocket, Kernel},
+    system::systemd::Systemd,
 };
 
 /// Progress lines are at most this frequent.
@@ -19,8 +17,7 @@ const MOST_IDLE_SHOWN: usize = 5;
 /// How many stragglers the deadline report names.
 const STRAGGLERS_SHOWN: usize = 100;
 
-pub struct Progress {
-    diag: SockDiag,
+pub(super) struct Progress {
     systemd: Systemd,
     last_logged: Option<Instant>,
     last_live: Option<i64>,
@@ -31,9 +28,8 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn new(diag: SockDiag, systemd: Systemd) -> Self {
+    pub(super) fn new(systemd: Systemd) -> Self {
         Self {
-            diag,
             systemd,
             last_logged: None,
             last_live: None,
@@ -43,7 +39,7 @@ impl Progress {
         }
     }
 
-    pub fn drain_started(&mut self, programs: &Programs, counts: &Counts, now: Instant) {
+    pub(super) fn drain_started(&mut self, kernel: &Kernel, counts: &Counts, now: Instant) {
         let count = counts.total();
         let per_port = counts
             .ports
@@ -57,37 +53,37 @@ impl Progress {
             live_words(count)
         );
         self.warn_if_untrusted(counts);
-        self.log_line(programs, count, now);
+        self.log_line(kernel, count, now);
     }
 
     /// A new count was read; logs it now or schedules it.
-    pub fn count_changed(&mut self, programs: &Programs, count: Count, now: Instant) {
+    pub(super) fn count_changed(&mut self, kernel: &Kernel, count: Count, now: Instant) {
         if self.last_live == Some(count.live) {
             return;
         }
         match self.next_line_at() {
             Some(at) if now < at => self.pending = true,
-            _ => self.log_line(programs, count, now),
+            _ => self.log_line(kernel, count, now),
         }
     }
 
     /// When a scheduled line is due, if one is.
-    pub fn next_line_at(&self) -> Option<Instant> {
+    pub(super) fn next_line_at(&self) -> Option<Instant> {
         let last = self.last_logged?;
         self.pending.then_some(last + MIN_INTERVAL)
     }
 
-    pub fn log_pending(&mut self, programs: &Programs, count: Count, now: Instant) {
+    pub(super) fn log_pending(&mut self, kernel: &Kernel, count: Count, now: Instant) {
         if self.pending {
-            self.log_line(programs, count, now);
+            self.log_line(kernel, count, now);
         }
     }
 
-    pub fn systemd(&self) -> &Systemd {
+    pub(super) fn systemd(&self) -> &Systemd {
         &self.systemd
     }
 
-    fn log_line(&mut self, programs: &Programs, count: Count, now: Instant) {
+    fn log_line(&mut self, kernel: &Kernel, count: Count, now: Instant) {
         let live = count.live;
         self.pending = false;
         self.last_logged = Some(now);
@@ -97,15 +93,15 @@ impl Progress {
         if live <= 0 && count.exact {
             return;
         }
-        match self.most_idle(programs, MOST_IDLE_SHOWN) {
+        match kernel.most_idle(MOST_IDLE_SHOWN) {
             Ok(listed) => info!(live, "{counted}; most idle: {}", list(&listed)),
             Err(err) => info!(live, "{counted} (cannot list them: {err:#})"),
         }
     }
 
     /// The deadline cut the drain: name who was still connected.
-    pub fn report_stragglers(&mut self, programs: &Programs, count: Count) {
-        match self.most_idle(programs, STRAGGLERS_SHOWN) {
+    pub(super) fn report_stragglers(&mut self, kernel: &Kernel, count: Count) {
+        match kernel.most_idle(STRAGGLERS_SHOWN) {
             Ok(stragglers) => warn!(
                 live = count.live,
                 "drain deadline passed with {}: {}{}",
@@ -125,17 +121,9 @@ impl Progress {
         }
     }
 
-    pub fn diag(&self) -> &SockDiag {
-        &self.diag
-    }
-
-    fn most_idle(&self, programs: &Programs, limit: usize) -> anyhow::Result<Vec<DiagSocket>> {
-        self.diag.most_idle(programs.ports(), limit)
-    }
-
     /// Says once, when it happens, that the counters can no longer be trusted, and what
     /// replaces them.
-    pub fn warn_if_untrusted(&mut self, counts: &Counts) {
+    pub(super) fn warn_if_untrusted(&mut self, counts: &Counts) {
         let untracked = counts.untracked();
         if untracked > 0 && !self.warned_untracked {
             self.warned_untracked = true;

@@ -1,33 +1,44 @@
-//! The drain engine shared by `drainer run` and `drainer daemon`: the kernel side, the drain
-//! policy and the reports (log, systemd, status), driven by the inputs the event loop receives.
+//! The drain engine shared by `drainer run` and `drainer daemon`: the kernel handle, the drain
+//! policy ([`policy`], a pure state machine) and the reports ([`progress`] in the log and
+//! systemd, [`Status`] records), driven by the inputs the event loop yields.
 //!
 //! What releasing means differs by mode — signalling a child, or a configured target — so the
 //! engine hands [`Action`]s back to the mode instead of acting on them.
-use std::{
-    cell::Cell,
-    time::{Duration, Instant},
-};
+pub mod policy;
+mod progress;
+
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use drainer_common::protocol::{IdleConnection, Outcome, PortStatus, State, Status};
 use nix::sys::signal::Signal;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::{
-    drain::{Count, Drain, Phase, ReleaseReason, Step, Trigger},
-    programs::{Counts, Programs},
+use self::{
+    policy::{Drain, Phase, ReleaseReason, Step, Trigger},
     progress::Progress,
-    sock_diag::SockDiag,
-    status::{IdleConnection, Outcome, PortStatus, State, Status},
-    systemd::Systemd,
+};
+use crate::{
+    kernel::{Count, Counts, Kernel},
+    system::systemd::Systemd,
 };
 
 /// How many of the most idle connections `status` lists.
 const STATUS_MOST_IDLE: usize = 10;
-/// How often the socket table is re-read while draining, once it has replaced the counters.
-const TABLE_RECHECK: Duration = Duration::from_millis(500);
 /// Slack added to systemd's stop timeout on top of what drainer itself will wait.
 const SYSTEMD_MARGIN: Duration = Duration::from_secs(15);
+
+/// What wakes the engine, whichever the mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineInput {
+    /// SIGTERM or SIGINT reached drainer.
+    StopSignal(Signal),
+    /// The kernel announced count changes (already consumed from the ring buffer).
+    CountsChanged,
+    /// The time [`Engine::next_wakeup`] named has come.
+    Timer,
+}
 
 /// What the mode must do for the engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,8 +51,8 @@ pub enum Action {
     Kill,
 }
 
-pub struct Guard {
-    programs: Programs,
+pub struct Engine {
+    kernel: Kernel,
     drain: Drain,
     progress: Progress,
     live_at_start: Option<i64>,
@@ -50,26 +61,23 @@ pub struct Guard {
     after_release: Duration,
     /// Bumped on every change of state or count; waiters watch it.
     changes: watch::Sender<u64>,
-    /// When the socket table last gave the count, once it has replaced the counters.
-    table_read_at: Cell<Option<Instant>>,
 }
 
-impl Guard {
-    pub fn new(programs: Programs, diag: SockDiag, drain: Drain, after_release: Duration) -> Self {
+impl Engine {
+    pub fn new(kernel: Kernel, drain: Drain, after_release: Duration) -> Self {
         Self {
-            programs,
+            kernel,
             drain,
-            progress: Progress::new(diag, Systemd::from_env()),
+            progress: Progress::new(Systemd::from_env()),
             live_at_start: None,
             deadline_hits: 0,
             after_release,
             changes: watch::Sender::new(0),
-            table_read_at: Cell::new(None),
         }
     }
 
-    pub fn programs_mut(&mut self) -> &mut Programs {
-        &mut self.programs
+    pub fn kernel_mut(&mut self) -> &mut Kernel {
+        &mut self.kernel
     }
 
     pub fn phase(&self) -> Phase {
@@ -89,21 +97,20 @@ impl Guard {
         Ok(self.counts()?.total())
     }
 
-    /// The counts the drain decides on. Once the tracepoint has missed a state change the counters
-    /// may be off by any amount, in either direction, for good; the socket table is then the
-    /// count — a dump per read, and a re-read every [`TABLE_RECHECK`] while draining, since a
-    /// missed close announces nothing.
     fn counts(&self) -> Result<Counts> {
-        let mut counts = self.programs.counts()?;
-        if counts.missed_state_changes > 0 && counts.untracked() == 0 {
-            let listed = self.progress.diag().sockets(self.programs.ports())?;
-            counts.recount(listed.values().map(|socket| socket.local_port));
-            self.table_read_at.set(Some(Instant::now()));
-        }
-        Ok(counts)
+        self.kernel.counts()
     }
 
-    pub fn stop_signal(&mut self, signal: Signal) -> Result<Vec<Action>> {
+    /// Feeds an input every mode shares.
+    pub fn on(&mut self, input: EngineInput) -> Result<Vec<Action>> {
+        match input {
+            EngineInput::StopSignal(signal) => self.stop_signal(signal),
+            EngineInput::CountsChanged => self.counts_changed(),
+            EngineInput::Timer => self.timer(),
+        }
+    }
+
+    fn stop_signal(&mut self, signal: Signal) -> Result<Vec<Action>> {
         let step = self.drain.on_stop_signal(signal, Instant::now());
         self.carry_out([step])
     }
@@ -118,8 +125,7 @@ impl Guard {
         self.carry_out(steps)
     }
 
-    /// The kernel announced count changes (already consumed from the ring buffer).
-    pub fn counts_changed(&mut self) -> Result<Vec<Action>> {
+    fn counts_changed(&mut self) -> Result<Vec<Action>> {
         let counts = self.counts()?;
         let count = counts.total();
         let now = Instant::now();
@@ -128,13 +134,13 @@ impl Guard {
         let draining = self.phase() != Phase::Serving;
         let step = self.drain.on_count(count, now);
         if draining {
-            self.progress.count_changed(&self.programs, count, now);
+            self.progress.count_changed(&self.kernel, count, now);
         }
         // carry_out tells the waiters, whatever the step.
         self.carry_out(step)
     }
 
-    /// When [`Guard::timer`] must next run.
+    /// When [`EngineInput::Timer`] is next due.
     pub fn next_wakeup(&self) -> Option<Instant> {
         [
             self.drain.next_timer(),
@@ -146,21 +152,23 @@ impl Guard {
         .min()
     }
 
+    /// A missed close announces nothing: while draining, a count taken from the socket table is
+    /// re-read on a timer.
     fn table_recheck_at(&self) -> Option<Instant> {
         match self.phase() {
-            Phase::Draining { .. } => self.table_read_at.get().map(|at| at + TABLE_RECHECK),
+            Phase::Draining { .. } => self.kernel.recheck_at(),
             Phase::Serving | Phase::Released { .. } => None,
         }
     }
 
-    pub fn timer(&mut self) -> Result<Vec<Action>> {
+    fn timer(&mut self) -> Result<Vec<Action>> {
         let now = Instant::now();
         if self.table_recheck_at().is_some_and(|at| at <= now) {
             return self.counts_changed();
         }
         if self.progress.next_line_at().is_some_and(|at| at <= now) {
             let count = self.count()?;
-            self.progress.log_pending(&self.programs, count, now);
+            self.progress.log_pending(&self.kernel, count, now);
         }
         let step = self.drain.on_timer(now);
         self.carry_out(step)
@@ -173,12 +181,12 @@ impl Guard {
                 Step::StartRefusing => {
                     // Flip first, read after: a close in between then either shows in the count
                     // or arrives as an event.
-                    self.programs.start_refusing()?;
+                    self.kernel.start_refusing()?;
                     let counts = self.counts()?;
                     let count = counts.total();
                     let now = Instant::now();
                     self.live_at_start = Some(count.live);
-                    self.progress.drain_started(&self.programs, &counts, now);
+                    self.progress.drain_started(&self.kernel, &counts, now);
                     if let Phase::Draining { deadline, .. } = self.phase() {
                         let left = deadline.saturating_duration_since(now);
                         self.progress
@@ -219,7 +227,7 @@ impl Guard {
             }
             ReleaseReason::DeadlinePassed => {
                 self.deadline_hits += 1;
-                self.progress.report_stragglers(&self.programs, count);
+                self.progress.report_stragglers(&self.kernel, count);
             }
         }
         self.progress
@@ -250,9 +258,8 @@ impl Guard {
             } => (Some(at - started), None, Some(outcome(reason))),
         };
         let most_idle = if with_connections {
-            self.progress
-                .diag()
-                .most_idle(self.programs.ports(), STATUS_MOST_IDLE)?
+            self.kernel
+                .most_idle(STATUS_MOST_IDLE)?
                 .into_iter()
                 .map(|c| IdleConnection {
                     port: c.local_port,
@@ -299,7 +306,7 @@ impl From<Phase> for State {
     }
 }
 
-pub fn outcome(reason: ReleaseReason) -> Outcome {
+fn outcome(reason: ReleaseReason) -> Outcome {
     match reason {
         ReleaseReason::Drained => Outcome::Drained,
         ReleaseReason::DeadlinePassed => Outcome::DeadlinePassed,

@@ -21,7 +21,7 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::privileges::ChildPrivileges;
+use super::privileges::ChildPrivileges;
 
 #[derive(Debug)]
 pub struct Child {

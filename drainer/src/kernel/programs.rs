@@ -1,5 +1,5 @@
-//! drainer's kernel side as one handle: load the embedded eBPF object, attach its programs, seed
-//! the connections that already exist, and read or flip the maps they share.
+//! The embedded eBPF object, loaded: its programs attached in the order that leaves no connection
+//! uncounted, the connections that already exist seeded, and its maps read or flipped.
 //!
 //! Nothing is pinned: every program hangs off a link owned by this process, so when drainer exits
 //! or dies the kernel detaches them and the ports behave as if drainer had never run.
@@ -19,38 +19,19 @@ use aya::{
 use aya_log::EbpfLogger;
 use drainer_common::{MAX_PORTS, PortCounters, SWITCH_DRAINING, SWITCH_SEEDED};
 
-use crate::{drain::Count, kernel_layout::KernelLayout, netns::Netns, sockstat};
+use super::{
+    Target,
+    counts::{Counts, PortCount, recursion_misses},
+    features::{SK_LOOKUP, TCP_ITER, TP_BTF},
+    layout::KernelLayout,
+    netns::Netns,
+    seeded_table,
+};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/drainer"));
 
 /// How long after the sweep connections still count as found by it; see `attach`.
 const SEED_SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// The kernel features drainer needs, each with the first Linux release that has it.
-struct Feature {
-    what: &'static str,
-    since: &'static str,
-}
-
-const SK_LOOKUP: Feature = Feature {
-    what: "sk_lookup programs",
-    since: "5.9",
-};
-const TP_BTF: Feature = Feature {
-    what: "BTF tracepoints using bpf_get_socket_cookie and compare-and-exchange",
-    since: "5.12",
-};
-const TCP_ITER: Feature = Feature {
-    what: "TCP socket iterators",
-    since: "5.9",
-};
-
-fn missing(feature: &Feature) -> String {
-    format!(
-        "this kernel cannot load {} (Linux >= {} needed)",
-        feature.what, feature.since
-    )
-}
 
 /// The programs' log statements cost a ring-buffer write each; compile out (at load time) the
 /// levels nobody will read. Values are aya-log's: 3 info, 4 debug, 5 trace.
@@ -87,12 +68,6 @@ fn walk(mut iterator: File) -> std::io::Result<()> {
     }
 }
 
-/// What to guard: ports in one network namespace.
-pub struct Target<'a> {
-    pub ports: &'a [u16],
-    pub netns: &'a Netns,
-}
-
 /// Parsing the kernel's BTF (twice: for aya's relocations and for [`KernelLayout`]) allocates a
 /// few MiB of small blocks that are freed by now; hand them back to the system rather than keep
 /// them in the daemon's resident set for its whole life.
@@ -116,81 +91,8 @@ fn guarded_ports(ports: &[u16]) -> ([u16; MAX_PORTS as usize], u64) {
     (list, filter)
 }
 
-/// Slots for the table of connections found at start-up: twice the namespace's TCP sockets and
-/// some room for those opening during the sweep, so the table is at most about half full.
-fn seeded_table_slots(tcp_sockets: u64) -> Result<u32> {
-    u32::try_from(((tcp_sockets + 2048) * 2).next_power_of_two())
-        .context("too many TCP sockets in the namespace to seed a table for")
-}
-
-/// The `recursion_misses` line of a BPF program's fdinfo.
-fn recursion_misses(fdinfo: &str) -> Option<u64> {
-    fdinfo
-        .lines()
-        .find_map(|line| line.strip_prefix("recursion_misses:"))
-        .and_then(|value| value.trim().parse().ok())
-}
-
-/// A port's counters summed over CPUs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PortCount {
-    pub port: u16,
-    /// Established server-side connections that have not reached TCP_CLOSE.
-    pub live: i64,
-    pub refused: u64,
-    pub untracked: u64,
-}
-
-/// Every guarded port's counters, read at one moment.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Counts {
-    /// In the order the ports were given.
-    pub ports: Vec<PortCount>,
-    /// TCP state changes the kernel did not pass to the tracepoint program because that program
-    /// was already running on the same CPU (a state change in softirq nested in one in process
-    /// context). Any of them may have been an open or a close.
-    pub missed_state_changes: u64,
-    /// The live counts were taken from the socket table ([`Counts::recount`]).
-    pub from_socket_table: bool,
-}
-
-impl Counts {
-    /// The sum over ports. Inexact once any connection went unrecorded, or any state change
-    /// unseen while the counts still come from the counters.
-    pub fn total(&self) -> Count {
-        Count {
-            live: self.ports.iter().map(|c| c.live).sum(),
-            exact: self.untracked() == 0
-                && (self.missed_state_changes == 0 || self.from_socket_table),
-        }
-    }
-
-    /// Replaces each port's live count by the number of live sockets the socket table lists on
-    /// it (`local_ports`, one per socket). The table shows connections made *from* a guarded
-    /// port too, so it may count high, never low.
-    pub fn recount(&mut self, local_ports: impl IntoIterator<Item = u16>) {
-        for port in &mut self.ports {
-            port.live = 0;
-        }
-        for local_port in local_ports {
-            if let Some(port) = self.ports.iter_mut().find(|p| p.port == local_port) {
-                port.live += 1;
-            }
-        }
-        self.from_socket_table = true;
-    }
-
-    pub fn untracked(&self) -> u64 {
-        self.ports.iter().map(|c| c.untracked).sum()
-    }
-
-    pub fn refused(&self) -> u64 {
-        self.ports.iter().map(|c| c.refused).sum()
-    }
-}
-
 /// The attached programs and their maps.
-pub struct Programs {
+pub(super) struct Programs {
     ebpf: Ebpf,
     ports: Vec<u16>,
     /// /proc/self/fdinfo of the tracepoint program, where the kernel reports its missed runs.
@@ -200,7 +102,7 @@ pub struct Programs {
 impl Programs {
     /// Loads and attaches everything, then seeds the connections that were already established.
     /// On return every established connection to the ports is counted, and every later one will be.
-    pub fn attach(target: &Target<'_>) -> Result<Self> {
+    pub(super) fn attach(target: &Target<'_>) -> Result<Self> {
         if target.ports.is_empty() || target.ports.len() > MAX_PORTS as usize {
             bail!(
                 "drainer guards between 1 and {MAX_PORTS} ports, not {}",
@@ -215,7 +117,7 @@ impl Programs {
         })?;
         let layout = KernelLayout::of_running_kernel()?;
         let netns_cookie = target.netns.cookie()?;
-        let seeded_slots = seeded_table_slots(target.netns.run_inside(sockstat::tcp_sockets)?)?;
+        let seeded_slots = target.netns.run_inside(seeded_table::slots)?;
         let seeded_slot_mask = u64::from(seeded_slots - 1);
         let (port_list, port_filter) = guarded_ports(target.ports);
         let port_count = target.ports.len() as u64;
@@ -258,7 +160,7 @@ impl Programs {
         let program: &mut BtfTracePoint = self.program_mut("follow_transitions")?.try_into()?;
         program
             .load("inet_sock_set_state", btf)
-            .with_context(|| missing(&TP_BTF))?;
+            .with_context(|| TP_BTF.missing())?;
         program
             .attach()
             .context("attaching the inet_sock_set_state tracepoint")?;
@@ -287,7 +189,7 @@ impl Programs {
         let program: &mut Iter = self.program_mut("seed_established")?.try_into()?;
         program
             .load("tcp", btf)
-            .with_context(|| missing(&TCP_ITER))?;
+            .with_context(|| TCP_ITER.missing())?;
         let link_id = program.attach().context("attaching the TCP iterator")?;
         let link = program.take_link(link_id)?;
         // The iterator walks the sockets of the namespace it is created in.
@@ -299,7 +201,7 @@ impl Programs {
 
     fn attach_refuse(&mut self, netns: &Netns) -> Result<()> {
         let program: &mut SkLookup = self.program_mut("refuse_while_draining")?.try_into()?;
-        program.load().with_context(|| missing(&SK_LOOKUP))?;
+        program.load().with_context(|| SK_LOOKUP.missing())?;
         program.attach(netns).with_context(|| {
             format!(
                 "attaching sk_lookup to network namespace {}",
@@ -311,7 +213,7 @@ impl Programs {
 
     /// From now on every new connection to the ports is refused, and count changes are announced
     /// through [`Programs::take_events`].
-    pub fn start_refusing(&mut self) -> Result<()> {
+    pub(super) fn start_refusing(&mut self) -> Result<()> {
         self.set_switch(SWITCH_DRAINING)
     }
 
@@ -325,7 +227,7 @@ impl Programs {
     }
 
     /// Every port's counters, and the state changes the tracepoint missed.
-    pub fn counts(&self) -> Result<Counts> {
+    pub(super) fn counters(&self) -> Result<Counts> {
         // Counters first, missed runs after: a miss before the counters were read then always
         // shows, and one in between only makes the count inexact one read early.
         let ports = self.port_counts()?;
@@ -363,12 +265,12 @@ impl Programs {
             .collect()
     }
 
-    pub fn ports(&self) -> &[u16] {
+    pub(super) fn ports(&self) -> &[u16] {
         &self.ports
     }
 
     /// The ring buffer that carries count changes while draining.
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+    pub(super) fn take_events(&mut self) -> Result<RingBuf<MapData>> {
         let map = self
             .ebpf
             .take_map("EVENTS")
@@ -377,7 +279,7 @@ impl Programs {
     }
 
     /// The reader of the programs' aya-log records.
-    pub fn take_logger(&mut self) -> Result<EbpfLogger<&'static dyn log::Log>> {
+    pub(super) fn take_logger(&mut self) -> Result<EbpfLogger<&'static dyn log::Log>> {
         EbpfLogger::init(&mut self.ebpf).context("reading the eBPF programs' logs")
     }
 
@@ -403,48 +305,6 @@ impl Programs {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn counts(missed_state_changes: u64, untracked: u64) -> Counts {
-        Counts {
-            ports: [8000, 8443]
-                .map(|port| PortCount {
-                    port,
-                    live: 5,
-                    refused: 0,
-                    untracked,
-                })
-                .to_vec(),
-            missed_state_changes,
-            from_socket_table: false,
-        }
-    }
-
-    #[test]
-    fn a_missed_state_change_leaves_the_counters_untrusted_until_the_socket_table_recounts() {
-        assert!(counts(0, 0).total().exact);
-        let mut missed = counts(1, 0);
-        assert!(!missed.total().exact);
-        missed.recount([8443, 9000, 8443]);
-        assert_eq!(missed.ports[0].live, 0);
-        assert_eq!(missed.ports[1].live, 2);
-        assert_eq!(missed.total().live, 2);
-        assert!(missed.total().exact);
-    }
-
-    #[test]
-    fn an_unrecorded_connection_leaves_the_count_unknown_even_after_a_recount() {
-        let mut full = counts(1, 1);
-        full.recount([]);
-        assert!(!full.total().exact);
-    }
-
-    #[test]
-    fn recursion_misses_are_read_from_a_programs_fdinfo() {
-        let fdinfo = "pos:\t0\nflags:\t02000002\nprog_type:\t26\nrun_cnt:\t0\n\
-                      recursion_misses:\t3\nverified_insns:\t571\n";
-        assert_eq!(recursion_misses(fdinfo), Some(3));
-        assert_eq!(recursion_misses("prog_type:\t26\n"), None);
-    }
 
     #[test]
     fn guarded_ports_keep_slot_order_and_set_one_filter_bit_each() {

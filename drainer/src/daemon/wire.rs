@@ -4,11 +4,8 @@ use std::{io, time::Duration};
 
 use tokio::time::timeout;
 
-/// A tokio-uring stream (TCP or Unix).
-#[expect(
-    async_fn_in_trait,
-    reason = "tokio-uring runs on one thread: its futures never need Send"
-)]
+/// A tokio-uring stream (TCP or Unix). Its futures are not `Send`, and need not be: tokio-uring
+/// runs on one thread.
 pub trait Stream {
     async fn read_some(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
     async fn write_bytes(&self, data: Vec<u8>) -> io::Result<()>;

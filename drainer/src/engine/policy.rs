@@ -6,14 +6,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-/// The connection count as the kernel side reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Count {
-    pub live: i64,
-    /// False when a connection could not be recorded (the map was full): `live` is then a lower
-    /// bound and a zero proves nothing.
-    pub exact: bool,
-}
+use crate::kernel::Count;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReleaseReason {

@@ -1,10 +1,18 @@
-//! How many TCP sockets a network namespace holds, from /proc/net/sockstat: an O(1) read, used to
-//! size the table of connections found at start-up before the sweep that fills it.
+//! The size of the table of connections found at start-up (`SEEDED`), from how many TCP sockets
+//! the namespace holds: /proc/net/sockstat, an O(1) read made before the sweep that fills it.
 use anyhow::{Context as _, Result};
+
+/// Slots for the table: twice the namespace's TCP sockets and some room for those opening during
+/// the sweep, so the table is at most about half full. Runs inside the guarded namespace.
+pub(super) fn slots() -> Result<u32> {
+    let sockets = tcp_sockets()?;
+    u32::try_from(((sockets + 2048) * 2).next_power_of_two())
+        .context("too many TCP sockets in the namespace to seed a table for")
+}
 
 /// TCP sockets of the calling thread's network namespace: hashed ones (listening, connecting,
 /// established, closing), IPv4 and IPv6, plus TIME_WAIT sockets.
-pub fn tcp_sockets() -> Result<u64> {
+fn tcp_sockets() -> Result<u64> {
     // thread-self: the namespace of this thread, which may have entered another than the process.
     let read = |name: &str| {
         let path = format!("/proc/thread-self/net/{name}");

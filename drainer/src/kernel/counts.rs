@@ -1,0 +1,175 @@
+//! The live count, in one place: the programs' per-CPU counters, summed in the order that keeps
+//! a zero a real zero; whether they can be trusted (no connection unrecorded, no state change
+//! missed); and the socket table, which counts instead once the tracepoint has missed a change.
+use std::{
+    cell::Cell,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+
+use super::{programs::Programs, socket_table::SockDiag};
+
+/// How often the socket table is re-read while draining, once it has replaced the counters.
+const TABLE_RECHECK: Duration = Duration::from_millis(500);
+
+/// The connection count the drain decides on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Count {
+    pub live: i64,
+    /// False when a connection could not be recorded (the map was full): `live` is then
+    /// unknown, too high or too low, and a zero proves nothing.
+    pub exact: bool,
+}
+
+/// A port's counters summed over CPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortCount {
+    pub port: u16,
+    /// Established server-side connections that have not reached TCP_CLOSE.
+    pub live: i64,
+    pub refused: u64,
+    pub untracked: u64,
+}
+
+/// Every guarded port's counters, read at one moment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counts {
+    /// In the order the ports were given.
+    pub ports: Vec<PortCount>,
+    /// TCP state changes the kernel did not pass to the tracepoint program because that program
+    /// was already running on the same CPU (a state change in softirq nested in one in process
+    /// context). Any of them may have been an open or a close.
+    pub missed_state_changes: u64,
+    /// The live counts were taken from the socket table ([`Counts::recount`]).
+    pub from_socket_table: bool,
+}
+
+impl Counts {
+    /// The sum over ports. Inexact once any connection went unrecorded, or any state change
+    /// unseen while the counts still come from the counters.
+    pub fn total(&self) -> Count {
+        Count {
+            live: self.ports.iter().map(|c| c.live).sum(),
+            exact: self.untracked() == 0
+                && (self.missed_state_changes == 0 || self.from_socket_table),
+        }
+    }
+
+    /// Replaces each port's live count by the number of live sockets the socket table lists on
+    /// it (`local_ports`, one per socket). The table shows connections made *from* a guarded
+    /// port too, so it may count high, never low.
+    pub fn recount(&mut self, local_ports: impl IntoIterator<Item = u16>) {
+        for port in &mut self.ports {
+            port.live = 0;
+        }
+        for local_port in local_ports {
+            if let Some(port) = self.ports.iter_mut().find(|p| p.port == local_port) {
+                port.live += 1;
+            }
+        }
+        self.from_socket_table = true;
+    }
+
+    pub fn untracked(&self) -> u64 {
+        self.ports.iter().map(|c| c.untracked).sum()
+    }
+
+    pub fn refused(&self) -> u64 {
+        self.ports.iter().map(|c| c.refused).sum()
+    }
+}
+
+/// Reads the count: from the counters while they can be trusted, from the socket table after.
+pub(super) struct Counter {
+    table: SockDiag,
+    /// When the socket table last gave the count, once it has replaced the counters.
+    table_read_at: Cell<Option<Instant>>,
+}
+
+impl Counter {
+    pub(super) fn new(table: SockDiag) -> Self {
+        Self {
+            table,
+            table_read_at: Cell::new(None),
+        }
+    }
+
+    pub(super) fn table(&self) -> &SockDiag {
+        &self.table
+    }
+
+    /// Once the tracepoint has missed a state change the counters may be off by any amount, in
+    /// either direction, for good; the socket table is then the count — a dump per read.
+    pub(super) fn read(&self, programs: &Programs) -> Result<Counts> {
+        let mut counts = programs.counters()?;
+        if counts.missed_state_changes > 0 && counts.untracked() == 0 {
+            let listed = self.table.sockets(programs.ports())?;
+            counts.recount(listed.values().map(|socket| socket.local_port));
+            self.table_read_at.set(Some(Instant::now()));
+        }
+        Ok(counts)
+    }
+
+    /// When the count must be re-read although nothing announced a change: a close the
+    /// tracepoint missed announces nothing, so the socket table is re-read every
+    /// [`TABLE_RECHECK`] once it counts.
+    pub(super) fn recheck_at(&self) -> Option<Instant> {
+        self.table_read_at.get().map(|at| at + TABLE_RECHECK)
+    }
+}
+
+/// The `recursion_misses` line of a BPF program's fdinfo.
+pub(super) fn recursion_misses(fdinfo: &str) -> Option<u64> {
+    fdinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("recursion_misses:"))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(missed_state_changes: u64, untracked: u64) -> Counts {
+        Counts {
+            ports: [8000, 8443]
+                .map(|port| PortCount {
+                    port,
+                    live: 5,
+                    refused: 0,
+                    untracked,
+                })
+                .to_vec(),
+            missed_state_changes,
+            from_socket_table: false,
+        }
+    }
+
+    #[test]
+    fn a_missed_state_change_leaves_the_counters_untrusted_until_the_socket_table_recounts() {
+        assert!(counts(0, 0).total().exact);
+        let mut missed = counts(1, 0);
+        assert!(!missed.total().exact);
+        missed.recount([8443, 9000, 8443]);
+        assert_eq!(missed.ports[0].live, 0);
+        assert_eq!(missed.ports[1].live, 2);
+        assert_eq!(missed.total().live, 2);
+        assert!(missed.total().exact);
+    }
+
+    #[test]
+    fn an_unrecorded_connection_leaves_the_count_unknown_even_after_a_recount() {
+        let mut full = counts(1, 1);
+        full.recount([]);
+        assert!(!full.total().exact);
+    }
+
+    #[test]
+    fn recursion_misses_are_read_from_a_programs_fdinfo() {
+        let fdinfo = "pos:\t0\nflags:\t02000002\nprog_type:\t26\nrun_cnt:\t0\n\
+                      recursion_misses:\t3\nverified_insns:\t571\n";
+        assert_eq!(recursion_misses(fdinfo), Some(3));
+        assert_eq!(recursion_misses("prog_type:\t26\n"), None);
+    }
+}

@@ -1,0 +1,5 @@
+//! Small adapters to the system around drainer: its capabilities, systemd's notify socket, and
+//! its log output.
+pub mod capabilities;
+pub mod logging;
+pub mod systemd;
