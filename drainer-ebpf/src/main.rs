@@ -7,12 +7,15 @@
 //!
 //! [`tracking`] holds the counters and the rules that keep them exact, [`seeded`] the table of
 //! connections found at start-up, [`ports`] the guarded ports, [`sock`] the reads of
-//! `struct sock`.
+//! `struct sock`, [`counter`] the atomic adds to counts in maps, [`globals`] the reads of the
+//! values the loader sets.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod counter;
+mod globals;
 mod ports;
 mod refuse;
 mod seed;

@@ -7,9 +7,11 @@
 //! Sees: `struct sock_common`. Only its first 20 bytes are read — addresses, ports, family and
 //! state — whose layout has not changed since Linux 3.x; nothing else is assumed about the struct.
 //! Cost: runs only when drainer starts; no per-packet cost.
-use drainer_common::LIVE_TCP_STATES;
-
-use crate::{ports, sock::Socket, tracking::found_established};
+use crate::{
+    ports,
+    sock::Socket,
+    tracking::{found_established, live},
+};
 
 /// `struct bpf_iter__tcp`.
 #[repr(C)]
@@ -29,11 +31,6 @@ pub struct SockCommonHead {
     num: u16,
     family: u16,
     state: u8,
-}
-
-/// A connection in one of these states would have been counted had drainer seen it established.
-fn live(state: u8) -> bool {
-    LIVE_TCP_STATES.contains(&state)
 }
 
 #[unsafe(no_mangle)]
