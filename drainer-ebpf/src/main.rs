@@ -1,25 +1,41 @@
-//! drainer's kernel-side programs, one module per kernel hook:
+//! drainer's kernel-side programs.
 //!
-//! - [`refuse`]: `sk_lookup`, answers new connections to a draining port with a reset;
-//! - [`transitions`]: BTF tracepoint `inet_sock_set_state`, counts server-side connections as
-//!   their handshake completes and as they reach TCP_CLOSE;
-//! - [`seed`]: `iter/tcp`, records the connections that were established before drainer started.
+//! One file per kernel hook, named after the hook; each opens with when the kernel calls it, what
+//! it sees and what it costs:
 //!
-//! [`tracking`] holds the counters and the rules that keep them exact, [`seeded`] the table of
-//! connections found at start-up, [`ports`] the guarded ports, [`sock`] the reads of
-//! `struct sock`.
+//! - [`sk_lookup`]: `refuse_while_draining`, attached to the guarded namespace; answers new
+//!   connections to a draining port with a reset;
+//! - [`inet_sock_set_state`]: `follow_transitions`, BTF tracepoint on every TCP state change;
+//!   counts server-side connections as their handshake completes and as they reach TCP_CLOSE;
+//! - [`iter_tcp`]: `seed_established`, TCP socket iterator run once at start-up; records the
+//!   connections that were established before drainer started.
+//!
+//! What they share:
+//!
+//! - [`tracking`]: the counters, the switches, the event ring and the rules that keep the counts
+//!   exact;
+//! - [`seeded`]: the table of connections the start-up sweep found;
+//! - [`ports`]: which ports are guarded, and their slots;
+//! - [`sock`]: the reads of `struct sock`;
+//! - [`counter`]: the atomic adds to counts in maps;
+//! - [`globals`]: the reads of the values the loader sets.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+// The hooks.
+mod inet_sock_set_state;
+mod iter_tcp;
+mod sk_lookup;
+
+// What they share.
+mod counter;
+mod globals;
 mod ports;
-mod refuse;
-mod seed;
 mod seeded;
 mod sock;
 mod tracking;
-mod transitions;
 
 #[cfg(not(test))]
 #[panic_handler]

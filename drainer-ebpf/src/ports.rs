@@ -7,6 +7,8 @@
 //! compared with the list of guarded ports, whose index is the port's slot in the counters.
 use drainer_common::MAX_PORTS;
 
+use crate::globals;
+
 /// The guarded ports (host byte order) in slot order; set by the loader.
 #[unsafe(no_mangle)]
 static GUARDED_PORTS: [u16; MAX_PORTS as usize] = [0; MAX_PORTS as usize];
@@ -17,25 +19,18 @@ static GUARDED_PORT_COUNT: u64 = 0;
 #[unsafe(no_mangle)]
 static GUARDED_PORT_FILTER: u64 = 0;
 
-fn loaded<T: Copy>(value: *const T) -> T {
-    // SAFETY: read-only data the loader filled in.
-    unsafe { core::ptr::read_volatile(value) }
-}
-
 /// The slot of `port` if it is guarded.
 pub fn slot(port: u16) -> Option<u32> {
-    if loaded(&raw const GUARDED_PORT_FILTER) & (1 << (port & 63)) == 0 {
+    if globals::read(&GUARDED_PORT_FILTER) & (1 << (port & 63)) == 0 {
         return None;
     }
-    let count = loaded(&raw const GUARDED_PORT_COUNT);
+    let count = globals::read(&GUARDED_PORT_COUNT);
     for index in 0..MAX_PORTS {
         if u64::from(index) >= count {
             break;
         }
         // SAFETY: `index` < MAX_PORTS, the length of the array.
-        let guarded =
-            loaded(unsafe { (&raw const GUARDED_PORTS).cast::<u16>().add(index as usize) });
-        if guarded == port {
+        if globals::read(unsafe { GUARDED_PORTS.get_unchecked(index as usize) }) == port {
             return Some(index);
         }
     }

@@ -10,9 +10,11 @@
 //! Every close looks here first, and a lookup touches a cold cache line of a table that can be
 //! megabytes large; [`SEEDED_ENTRIES`] lets closes skip it once the connections found at start-up
 //! are all gone — at once, on a host where drainer started before its server.
-use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use aya_ebpf::{macros::map, maps::Array};
+
+use crate::{counter, globals};
 
 /// Slots; the loader sets the real size (a power of two).
 #[map]
@@ -39,18 +41,13 @@ pub enum Insert {
     Full,
 }
 
-fn mask() -> u64 {
-    // SAFETY: read-only data the loader filled in.
-    unsafe { core::ptr::read_volatile(&raw const SEEDED_SLOT_MASK) }
-}
-
 /// Fibonacci hashing: cookies are sequential, and the multiply spreads them over the table.
 fn first_slot(cookie: u64) -> u64 {
     cookie.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32
 }
 
 fn slot(index: u64) -> Option<*mut u64> {
-    SEEDED.get_ptr_mut((index & mask()) as u32)
+    SEEDED.get_ptr_mut((index & globals::read(&SEEDED_SLOT_MASK)) as u32)
 }
 
 fn compare_exchange(slot: *mut u64, current: u64, new: u64) -> u64 {
@@ -63,16 +60,9 @@ fn compare_exchange(slot: *mut u64, current: u64, new: u64) -> u64 {
     }
 }
 
-fn count_entries(delta: i64) {
-    if let Some(entries) = SEEDED_ENTRIES.get_ptr_mut(0) {
-        // SAFETY: `entries` points into a map value, valid for the program's run.
-        unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(entries, delta) };
-    }
-}
-
 /// Whether the table holds any cookie.
 pub fn any() -> bool {
-    SEEDED_ENTRIES.get(0).is_some_and(|n| *n != 0)
+    counter::any_entries(&SEEDED_ENTRIES)
 }
 
 /// Adds `cookie` unless present.
@@ -87,7 +77,7 @@ pub fn insert(cookie: u64) -> Insert {
         if current == EMPTY {
             current = compare_exchange(slot, EMPTY, cookie);
             if current == EMPTY {
-                count_entries(1);
+                counter::add_entries(&SEEDED_ENTRIES, 1);
                 return Insert::Added;
             }
         }
@@ -116,7 +106,7 @@ pub fn remove(cookie: u64) -> bool {
         if current == cookie {
             let removed = compare_exchange(slot, cookie, REMOVED) == cookie;
             if removed {
-                count_entries(-1);
+                counter::add_entries(&SEEDED_ENTRIES, -1);
             }
             return removed;
         }

@@ -8,6 +8,8 @@
 //! `bpf_probe_read_kernel`.
 use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_probe_read_kernel};
 
+use crate::globals;
+
 /// `skc_num`: the local port in host byte order.
 const SKC_NUM_OFFSET: usize = 14;
 
@@ -24,11 +26,6 @@ static NET_COOKIE_OFFSET: u64 = 0;
 #[unsafe(no_mangle)]
 static INET_SPORT_OFFSET: u64 = 0;
 
-fn loaded(value: &'static u64) -> u64 {
-    // SAFETY: read-only data the loader filled in.
-    unsafe { core::ptr::read_volatile(value) }
-}
-
 /// The socket's local port.
 ///
 /// # Safety
@@ -44,7 +41,7 @@ pub fn bound_port(sk: *const u8) -> u16 {
     // SAFETY: a checked kernel read; a fault yields an error, not a crash.
     let port = unsafe {
         bpf_probe_read_kernel(
-            sk.wrapping_add(loaded(&INET_SPORT_OFFSET) as usize)
+            sk.wrapping_add(globals::read(&INET_SPORT_OFFSET) as usize)
                 .cast::<u16>(),
         )
     };
@@ -60,11 +57,12 @@ pub unsafe fn in_target(sk: *const u8) -> bool {
     // which checks both loads against the kernel's BTF (`sock.skc_net.net` is a `struct net *`).
     let cookie = unsafe {
         let net = *sk
-            .add(loaded(&SOCK_NET_OFFSET) as usize)
+            .add(globals::read(&SOCK_NET_OFFSET) as usize)
             .cast::<*const u8>();
-        *net.add(loaded(&NET_COOKIE_OFFSET) as usize).cast::<u64>()
+        *net.add(globals::read(&NET_COOKIE_OFFSET) as usize)
+            .cast::<u64>()
     };
-    cookie == loaded(&TARGET_NETNS_COOKIE)
+    cookie == globals::read(&TARGET_NETNS_COOKIE)
 }
 
 /// A socket a program was handed, named by its cookie only when a record needs it: the cookie is

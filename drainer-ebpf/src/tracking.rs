@@ -19,18 +19,18 @@
 //!
 //! The counters are per CPU, so connections opening and closing on different CPUs never contend
 //! for one cache line; `drainer_common::PortCounters` says how userspace sums them exactly.
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use drainer_common::{
-    Event, EventKind, MAX_PORTS, PortCounters, SWITCH_COUNT, SWITCH_DRAINING, SWITCH_SEEDED,
+    Event, EventKind, LIVE_TCP_STATES, MAX_PORTS, PortCounters, SWITCH_COUNT, SWITCH_DRAINING,
+    SWITCH_SEEDED,
 };
 
 use crate::{
+    counter,
     seeded::{self, Insert},
     sock::Socket,
 };
@@ -62,6 +62,12 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 const EEXIST: i32 = 17;
 
+/// Whether a connection in TCP state `state` is live: one in these states is counted (a server-side
+/// connection on a guarded port), and the sweep records it as if drainer had seen it established.
+pub fn live(state: u8) -> bool {
+    LIVE_TCP_STATES.contains(&state)
+}
+
 fn switch(index: u32) -> bool {
     SWITCHES.get(index).is_some_and(|v| *v != 0)
 }
@@ -74,16 +80,10 @@ fn seeded() -> bool {
     switch(SWITCH_SEEDED)
 }
 
-fn add(counter: *mut i64, delta: i64) {
-    // SAFETY: `counter` points into a map value, which stays valid for the program's run.
-    unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(counter, delta) };
-}
-
-// The old value is not used: a fetching add needs BPF CPU v3.
-fn bump(counter: impl FnOnce(*mut PortCounters) -> *mut u64, slot: u32) {
+fn bump(field: impl FnOnce(*mut PortCounters) -> *mut u64, slot: u32) {
     if let Some(counters) = PORT_COUNTERS.get_ptr_mut(slot) {
-        // SAFETY: as in `add`.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter(counters), 1) };
+        // SAFETY: `field` points into the map value `counters`.
+        unsafe { counter::add(field(counters), 1) };
     }
 }
 
@@ -155,13 +155,11 @@ pub fn outbound(sk: Socket, slot: u32) {
 }
 
 fn count_outbound(delta: i64) {
-    if let Some(entries) = OUTBOUND_ENTRIES.get_ptr_mut(0) {
-        add(entries, delta);
-    }
+    counter::add_entries(&OUTBOUND_ENTRIES, delta);
 }
 
 fn any_outbound() -> bool {
-    OUTBOUND_ENTRIES.get(0).is_some_and(|n| *n != 0)
+    counter::any_entries(&OUTBOUND_ENTRIES)
 }
 
 fn is_outbound(cookie: u64) -> bool {

@@ -3,13 +3,16 @@
 //! When: each read of the iterator visits every TCP socket of the namespace the iterator was
 //! created in: full sockets, request sockets and TIME_WAIT sockets. The kernel holds each full
 //! socket's lock while the program runs, so a socket cannot close half-way through being recorded;
-//! one that closes afterwards is seen by `transitions`, like any other.
+//! one that closes afterwards is seen by [`inet_sock_set_state`](crate::inet_sock_set_state),
+//! like any other.
 //! Sees: `struct sock_common`. Only its first 20 bytes are read — addresses, ports, family and
 //! state — whose layout has not changed since Linux 3.x; nothing else is assumed about the struct.
 //! Cost: runs only when drainer starts; no per-packet cost.
-use drainer_common::LIVE_TCP_STATES;
-
-use crate::{ports, sock::Socket, tracking::found_established};
+use crate::{
+    ports,
+    sock::Socket,
+    tracking::{found_established, live},
+};
 
 /// `struct bpf_iter__tcp`.
 #[repr(C)]
@@ -29,11 +32,6 @@ pub struct SockCommonHead {
     num: u16,
     family: u16,
     state: u8,
-}
-
-/// A connection in one of these states would have been counted had drainer seen it established.
-fn live(state: u8) -> bool {
-    LIVE_TCP_STATES.contains(&state)
 }
 
 #[unsafe(no_mangle)]

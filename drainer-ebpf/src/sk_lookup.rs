@@ -32,6 +32,13 @@ pub fn refuse_while_draining(ctx: SkLookupContext) -> u32 {
         return SK_PASS;
     };
     count_refused(slot);
-    debug!(&ctx, "refused a connection to draining port {}", port);
+    // A fixed target rather than this module's path: userspace compiles this statement in only
+    // when `drainer::refuse` is enabled at debug level (`ebpf_log_level` in drainer's programs.rs).
+    debug!(
+        &ctx,
+        target: "drainer::refuse",
+        "refused a connection to draining port {}",
+        port
+    );
     SK_DROP
 }

@@ -17,22 +17,18 @@
 //! socket's port (at TCP_CLOSE with one checked kernel read) and test one bit of a word. Only
 //! sockets on a guarded port go further: two loads for the namespace, one per-CPU add.
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use drainer_common::{LIVE_TCP_STATES, TCP_CLOSE, TCP_SYN_RECV, TCP_SYN_SENT};
+use drainer_common::{TCP_CLOSE, TCP_SYN_RECV, TCP_SYN_SENT};
 
 use crate::{
     ports,
     sock::{Socket, bound_port, in_target, local_port},
-    tracking::{closed, outbound, passive_established},
+    tracking::{closed, live, outbound, passive_established},
 };
 
 enum Change {
     PassiveEstablished,
     Outbound,
     Closed { was_live: bool },
-}
-
-fn live(state: u8) -> bool {
-    LIVE_TCP_STATES.contains(&state)
 }
 
 fn classify(old: u8, new: u8) -> Option<Change> {
