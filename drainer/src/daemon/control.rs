@@ -10,8 +10,8 @@ use tracing::{debug, warn};
 
 use super::{
     access::{self, Allowed},
-    follow::follow,
     requests::{Command, Commands, ask},
+    waiters::follow,
     wire::{self, Stream as _},
 };
 use crate::engine::Engine;

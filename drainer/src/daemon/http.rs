@@ -9,9 +9,9 @@ use tokio_uring::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use super::{
-    follow::follow,
     metrics,
     requests::{Command, Commands, ask},
+    waiters::follow,
     wire::{self, Stream as _},
 };
 use crate::engine::Engine;

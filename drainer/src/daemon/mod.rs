@@ -9,11 +9,11 @@
 //! [`control`] socket and the [`http`] listener ask for a drain or a release.
 mod access;
 mod control;
-mod follow;
 mod http;
 mod metrics;
 mod release_target;
 mod requests;
+mod waiters;
 mod wire;
 
 use std::{
