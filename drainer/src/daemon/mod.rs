@@ -5,8 +5,8 @@
 //! A drain started by a signal ends the daemon at release (its own stop was asked for). A drain
 //! started by a request leaves it running, refusing, until it is signalled.
 //!
-//! The event loop adds one source to the engine's: the [`requests`] channel, through which the
-//! [`control`] socket and the [`http`] listener ask for a drain or a release.
+//! The event loop adds one source to the engine's: the `requests` channel, through which the
+//! `control` socket and the `http` listener ask for a drain or a release.
 mod access;
 mod control;
 mod http;

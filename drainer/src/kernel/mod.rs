@@ -3,22 +3,22 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`programs`] | loading the eBPF object, attaching its programs in order, seeding, the maps |
-//! | [`counts`] | the live count: counters, exactness, the socket-table fallback |
-//! | [`socket_table`] | NETLINK_SOCK_DIAG: naming live connections, counting when the counters cannot |
-//! | [`netns`] | opening a network namespace, running work inside it |
-//! | [`claim`] | one drainer per port and namespace |
-//! | [`layout`] | struct offsets from the running kernel's BTF |
-//! | [`seeded_table`] | sizing the table of connections found at start-up |
-//! | [`features`] | the kernel features the programs need, and since when |
+//! | `programs` | loading the eBPF object, attaching its programs in order, seeding, the maps |
+//! | `counts` | the live count: counters, exactness, the socket-table fallback |
+//! | `socket_table` | NETLINK_SOCK_DIAG: naming live connections, counting when the counters cannot |
+//! | `netns` | opening a network namespace, running work inside it |
+//! | `claim` | one drainer per port and namespace |
+//! | `layout` | struct offsets from the running kernel's BTF |
+//! | `seeded_table` | sizing the table of connections found at start-up |
+//! | `features` | the kernel features the programs need, and since when |
 mod claim;
-pub mod counts;
+mod counts;
 mod features;
 mod layout;
-pub mod netns;
+mod netns;
 mod programs;
 mod seeded_table;
-pub mod socket_table;
+mod socket_table;
 
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
@@ -80,7 +80,7 @@ impl Kernel {
         self.programs.ports()
     }
 
-    /// The counts now; see [`counts`].
+    /// The counts now: from the counters, or from the socket table once they cannot be trusted.
     pub fn counts(&self) -> Result<Counts> {
         self.counter.read(&self.programs)
     }

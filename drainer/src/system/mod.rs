@@ -2,4 +2,4 @@
 //! its log output.
 pub mod capabilities;
 pub mod logging;
-pub mod systemd;
+pub(crate) mod systemd;
