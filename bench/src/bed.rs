@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use drainer_integration::{TempDir, drainer_bin, netns::TestNetns, process::Process};
+use drainer_harness::{drainer_bin, netns::TestNetns, process::Process, tempdir::TempDir};
 
 pub const PORT: u16 = 8000;
 

@@ -8,7 +8,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use drainer_integration::{drainer_bin, process::Process};
+use drainer_harness::{
+    drainer::status_json,
+    drainer_bin,
+    process::{Process, monotonic_now},
+};
 use nix::sys::signal::Signal;
 
 use crate::{
@@ -295,10 +299,10 @@ pub fn scale(bed: &Bed, connections: usize) -> Scale {
         client.wait_for("held", Duration::from_secs(600));
     }
 
-    let started = drainer_integration::monotonic_now();
+    let started = monotonic_now();
     let daemon = bed.daemon();
     let attached = daemon.wait_for("control socket", Duration::from_secs(1)).at;
-    let status = drainer_integration::status_json(&bed.dir.path().join("drainer.sock"));
+    let status = status_json(&bed.dir.path().join("drainer.sock"));
     let map_bytes = map_memlock(daemon.pid().as_raw());
     let result = Scale {
         counted: status["live"].as_i64().unwrap_or(-1),

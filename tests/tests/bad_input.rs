@@ -7,7 +7,7 @@ use std::{
     process::{Command, Output},
 };
 
-use drainer_integration::{drainer_bin, fixtures, netns::TestNetns, require_root};
+use drainer_harness::{drainer_bin, netns::TestNetns, old_kernel, require_root};
 
 fn drainer(args: &[&str]) -> Command {
     let mut command = Command::new(drainer_bin());
@@ -158,12 +158,13 @@ fn a_kernel_without_the_sk_lookup_program_type_is_named() {
     let netns = TestNetns::create();
     let mut command = netns.command(drainer_bin());
     command.args(["run", "--port", "8000", "--", "true"]);
-    fixtures::trap_bpf_calls(&mut command);
+    old_kernel::trap_bpf_calls(&mut command);
     let child = command
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start drainer");
-    let supervisor = fixtures::answer_as_if_missing(child.id(), fixtures::BPF_PROG_TYPE_SK_LOOKUP);
+    let supervisor =
+        old_kernel::answer_as_if_missing(child.id(), old_kernel::BPF_PROG_TYPE_SK_LOOKUP);
     let Output { status, stderr, .. } = child.wait_with_output().unwrap();
     supervisor.join().unwrap();
     let stderr = String::from_utf8_lossy(&stderr);

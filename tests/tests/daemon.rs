@@ -4,14 +4,21 @@ use std::{
     io::{ErrorKind, Read as _, Write as _},
     net::{Shutdown, SocketAddr},
     os::unix::{net::UnixStream, process::CommandExt as _},
+    path::PathBuf,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use drainer_integration::{
-    TempDir, drainer_bin, drainer_client, drainer_daemon, echo_server, http_request,
-    netns::TestNetns, process::Process, python, require_root, script, status_json,
+use drainer_harness::{
+    clients::http_request,
+    drainer::{drainer_client, drainer_daemon, status_json},
+    drainer_bin,
+    netns::TestNetns,
+    process::Process,
+    python, require_root, script,
+    servers::echo_server,
+    tempdir::TempDir,
 };
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -460,7 +467,7 @@ fn release_signals_the_pidfile_process_and_every_process_of_the_cgroup() {
     app.wait_for("got SIGTERM", Duration::from_secs(5));
 
     // --release-cgroup with --release-signal: every process of the cgroup hears it.
-    let cgroup_root = drainer_integration::cgroup2_root();
+    let cgroup_root = cgroup2_root();
     let cgroup = cgroup_root.join(format!("drainer-test-{}", std::process::id()));
     std::fs::create_dir_all(&cgroup).unwrap();
     let workers: Vec<Process> = ["8001", "8002"].into_iter().map(signal_server).collect();
@@ -493,6 +500,19 @@ fn release_signals_the_pidfile_process_and_every_process_of_the_cgroup() {
     while std::fs::remove_dir(&cgroup).is_err() && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Where the cgroup v2 hierarchy is mounted (pure v2, or the hybrid layout's `unified`).
+fn cgroup2_root() -> PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .expect("a cgroup v2 hierarchy must be mounted for this test")
 }
 
 /// Sends `request` on a fresh connection to the HTTP endpoint, then the answer's status code.

@@ -2,8 +2,9 @@
 //! flows undisturbed until then.
 use std::{net::SocketAddr, time::Duration};
 
-use drainer_integration::{
-    drainer_run, echo, monotonic_now, netns::TestNetns, python, require_root, script,
+use drainer_harness::{
+    clients::echo, drainer::drainer_run, netns::TestNetns, process::monotonic_now, python,
+    require_root, script,
 };
 use nix::sys::signal::Signal;
 

@@ -4,8 +4,8 @@ use std::{
     net::SocketAddr, os::unix::net::UnixDatagram, path::PathBuf, process::Command, time::Duration,
 };
 
-use drainer_integration::{
-    TempDir, drainer_bin, netns::TestNetns, process::Process, python, require_root, script,
+use drainer_harness::{
+    drainer_bin, netns::TestNetns, process::Process, python, require_root, script, tempdir::TempDir,
 };
 use nix::sys::signal::Signal;
 

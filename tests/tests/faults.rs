@@ -8,10 +8,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use drainer_integration::{
-    TempDir, drainer_bin, drainer_client, drainer_daemon, drainer_run, echo, echo_server,
-    echo_server_command, netns::TestNetns, process::Process, python, require_root, script,
-    server_pid, status_json,
+use drainer_harness::{
+    clients::echo,
+    drainer::{drainer_client, drainer_daemon, drainer_run, server_pid, status_json},
+    drainer_bin,
+    netns::TestNetns,
+    process::Process,
+    python, require_root, script,
+    servers::{echo_server, echo_server_command},
+    tempdir::TempDir,
 };
 use nix::{
     sys::signal::{Signal, kill, killpg},

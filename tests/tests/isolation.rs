@@ -1,8 +1,12 @@
 //! What drainer must not touch: other ports, other namespaces; and IPv6 like IPv4.
 use std::{io::ErrorKind, net::SocketAddr, time::Duration};
 
-use drainer_integration::{
-    drainer_run, echo, live_field, netns::TestNetns, python, require_root, script,
+use drainer_harness::{
+    clients::echo,
+    drainer::{drainer_run, live_field},
+    netns::TestNetns,
+    python, require_root, script,
+    servers::echo_server,
 };
 use nix::sys::signal::Signal;
 
@@ -93,7 +97,7 @@ fn the_same_port_in_another_namespace_is_neither_refused_nor_counted() {
     let server = echo_server_args(&[("127.0.0.1", 8000)]);
     let mut drainer = drainer_run(&guarded_ns, &run_args(&["8000"], &server));
     drainer.wait_for("listening", Duration::from_secs(20));
-    let other_server = drainer_integration::echo_server(&other_ns, &[("127.0.0.1", 8000)]);
+    let other_server = echo_server(&other_ns, &[("127.0.0.1", 8000)]);
     let addr: SocketAddr = "127.0.0.1:8000".parse().unwrap();
 
     let guarded = guarded_ns.connect(addr).unwrap();
@@ -129,7 +133,7 @@ fn the_servers_own_outbound_connections_to_the_port_are_neither_counted_nor_refu
     let guarded_ns = TestNetns::create();
     let remote_ns = TestNetns::create();
     let remote = SocketAddr::new(guarded_ns.link_to(&remote_ns), 8000);
-    let _remote_server = drainer_integration::echo_server(&remote_ns, &[("0.0.0.0", 8000)]);
+    let _remote_server = echo_server(&remote_ns, &[("0.0.0.0", 8000)]);
     let server = echo_server_args(&[("127.0.0.1", 8000)]);
     let mut drainer = drainer_run(&guarded_ns, &run_args(&["8000"], &server));
     drainer.wait_for("listening", Duration::from_secs(20));

@@ -1,9 +1,9 @@
 //! The user's scenario: a real uvicorn serving live WebSocket sessions is stopped mid-stream.
 use std::{io::ErrorKind, net::SocketAddr, time::Duration};
 
-use drainer_integration::{
-    drainer_run, live_app_command, live_session_results, netns::TestNetns, process::Process,
-    python, require_root, script,
+use drainer_harness::{
+    clients::live_session_results, drainer::drainer_run, netns::TestNetns, process::Process,
+    python, require_root, script, servers::live_app_command,
 };
 use nix::sys::signal::Signal;
 

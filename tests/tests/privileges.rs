@@ -2,16 +2,18 @@
 //! runs with — read from /proc/PID/status of the real processes.
 use std::{process::Command, time::Duration};
 
-use drainer_integration::{
-    TempDir,
+use drainer_harness::{
     capabilities::{
         CAP_BPF, CAP_KILL, CAP_NET_ADMIN, CAP_NET_BIND_SERVICE, CAP_PERFMON, CAP_SETGID,
         CAP_SETPCAP, CAP_SETUID, CAP_SYS_ADMIN, Capability, ProcessPrivileges, mask, only,
     },
-    drainer_bin, drainer_client, drainer_run, echo_server_command,
+    drainer::{drainer_client, drainer_run, server_pid},
+    drainer_bin,
     netns::TestNetns,
     process::Process,
-    require_root, server_pid,
+    require_root,
+    servers::echo_server_command,
+    tempdir::TempDir,
 };
 use nix::sys::signal::Signal;
 

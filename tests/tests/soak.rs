@@ -14,9 +14,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use drainer_integration::{
-    drainer_run, live_app_command, live_field, live_session_results, netns::TestNetns,
-    process::Process, python, require_root, script,
+use drainer_harness::{
+    clients::live_session_results,
+    drainer::{drainer_run, live_field},
+    netns::TestNetns,
+    process::Process,
+    python, require_root, script,
+    servers::live_app_command,
 };
 use nix::sys::signal::Signal;
 

@@ -1,8 +1,8 @@
 //! drainer as the server's supervisor: signals, exit statuses and the kill timer.
 use std::{io::ErrorKind, net::SocketAddr, time::Duration};
 
-use drainer_integration::{
-    drainer_run, netns::TestNetns, process::Process, python, require_root, script,
+use drainer_harness::{
+    drainer::drainer_run, netns::TestNetns, process::Process, python, require_root, script,
 };
 use nix::sys::signal::Signal;
 

@@ -13,7 +13,7 @@ use drainer::{
     programs::{Programs, Target},
     sock_diag::SockDiag,
 };
-use drainer_integration::{echo, echo_server, netns::TestNetns, require_root};
+use drainer_harness::{clients::echo, netns::TestNetns, require_root, servers::echo_server};
 
 const PORT: u16 = 8000;
 

@@ -1,5 +1,4 @@
-//! Capabilities as the tests set and read them: a command limited to a chosen set, and the sets a
-//! running process holds, from /proc/PID/status.
+//! Capabilities as the tests set and read them: a command limited to a set; what a process holds.
 use std::{io, os::unix::process::CommandExt as _, process::Command};
 
 pub use drainer::capabilities::{

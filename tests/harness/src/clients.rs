@@ -1,0 +1,73 @@
+//! The clients: echo, live WebSocket sessions' results, HTTP requests.
+use std::{
+    io::{self, Read as _, Write as _},
+    net::TcpStream,
+    time::Duration,
+};
+
+use crate::process::Process;
+
+/// Writes `payload` and reads the echo back.
+pub fn echo(stream: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(payload)?;
+    let mut back = vec![0; payload.len()];
+    stream.read_exact(&mut back)?;
+    assert_eq!(back, payload, "echo returned different bytes");
+    Ok(())
+}
+
+/// Waits for tests/python/live_clients.py to exit successfully; returns its one JSON report per
+/// session, checking there are `sessions` of them.
+pub fn live_session_results(
+    clients: &mut Process,
+    sessions: usize,
+    timeout: Duration,
+) -> Vec<serde_json::Value> {
+    let status = clients.wait(timeout);
+    assert!(
+        status.success(),
+        "clients failed: {status}\n{}",
+        clients.output()
+    );
+    let results: Vec<serde_json::Value> = clients
+        .lines()
+        .iter()
+        .filter(|line| line.text.starts_with('{'))
+        .map(|line| serde_json::from_str(&line.text).expect("session JSON"))
+        .collect();
+    assert_eq!(results.len(), sessions, "{}", clients.output());
+    results
+}
+
+/// One HTTP/1.1 request over `stream`; returns (status code, body).
+pub fn http_request(
+    mut stream: TcpStream,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+) -> (u16, String) {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: drainer\r\n");
+    for header in headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .expect("send the HTTP request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the HTTP response");
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
