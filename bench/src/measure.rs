@@ -9,8 +9,7 @@ use std::{
 };
 
 use drainer_harness::{
-    drainer::status_json,
-    drainer_bin,
+    drainer::{drainer_command, status_json},
     process::{Process, monotonic_now},
 };
 use nix::sys::signal::Signal;
@@ -152,10 +151,10 @@ pub fn release_latency(bed: &Bed, drains: usize) -> (Latencies, Latencies) {
     for round in 0..drains * 2 {
         let with_drainer = round % 2 == 0;
         let mut command = if with_drainer {
-            let mut command = bed.netns.command(drainer_bin());
-            command.args(["run", "--port", &PORT.to_string(), "--", me, "child", &addr]);
-            command.env("DRAINER_LOG", "info");
-            command
+            drainer_command(
+                &bed.netns,
+                &["run", "--port", &PORT.to_string(), "--", me, "child", &addr],
+            )
         } else {
             let mut command = bed.netns.command(me);
             command.args([

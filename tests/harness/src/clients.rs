@@ -1,11 +1,21 @@
-//! The clients: echo, live WebSocket sessions' results, HTTP requests.
+//! The clients: server addresses, connections, echo, live WebSocket sessions, HTTP requests.
 use std::{
     io::{self, Read as _, Write as _},
-    net::TcpStream,
+    net::{SocketAddr, TcpStream},
     time::Duration,
 };
 
-use crate::process::Process;
+use crate::{netns::TestNetns, process::Process, python, script};
+
+/// 127.0.0.1:`port`, where the servers listen inside a test's namespace.
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// `n` connections to `addr` from inside `netns`, held open.
+pub fn connect_many(netns: &TestNetns, addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    netns.run(|| (0..n).map(|_| TcpStream::connect(addr).unwrap()).collect())
+}
 
 /// Writes `payload` and reads the echo back.
 pub fn echo(stream: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
@@ -15,6 +25,25 @@ pub fn echo(stream: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
     stream.read_exact(&mut back)?;
     assert_eq!(back, payload, "echo returned different bytes");
     Ok(())
+}
+
+/// tests/python/live_clients.py in `netns`: one live WebSocket session to 127.0.0.1:`port` per
+/// entry of `lengths` (seconds), returned once every session is connected, failing after
+/// `timeout`. [`live_session_results`] reads how each ended.
+pub fn live_clients(
+    netns: &TestNetns,
+    port: u16,
+    lengths: &[String],
+    timeout: Duration,
+) -> Process {
+    let mut command = netns.command(python());
+    command
+        .arg(script("live_clients.py"))
+        .args(["127.0.0.1", &port.to_string()])
+        .args(lengths);
+    let clients = Process::spawn("live_clients", command);
+    clients.wait_for(&format!("connected {}", lengths.len()), timeout);
+    clients
 }
 
 /// Waits for tests/python/live_clients.py to exit successfully; returns its one JSON report per

@@ -1,21 +1,32 @@
 //! The drainer binary under test: `run`, `daemon` and the client commands, their logs and status.
-use std::{path::Path, process::Command, time::Duration};
+use std::{ffi::OsStr, path::Path, process::Command, time::Duration};
 
-use nix::unistd::Pid;
+use nix::{sys::signal::Signal, unistd::Pid};
 
-use crate::{drainer_bin, netns::TestNetns, process::Process};
+use crate::{
+    drainer_bin,
+    netns::TestNetns,
+    process::{Line, Process},
+};
 
-/// `drainer run ARGS` inside `netns`.
-pub fn drainer_run(netns: &TestNetns, args: &[&str]) -> Process {
+/// `drainer ARGS` inside `netns`, logging at info, not started yet.
+pub fn drainer_command(netns: &TestNetns, args: &[&str]) -> Command {
     let mut command = netns.command(drainer_bin());
-    command.arg("run").args(args).env("DRAINER_LOG", "info");
+    command.args(args).env("DRAINER_LOG", "info");
+    command
+}
+
+/// `drainer run OPTIONS -- SERVER...` inside `netns`.
+pub fn drainer_run(netns: &TestNetns, options: &[&str], server: &[impl AsRef<OsStr>]) -> Process {
+    let mut command = drainer_command(netns, &["run"]);
+    command.args(options).arg("--").args(server);
     Process::spawn("drainer", command)
 }
 
 /// `drainer daemon ARGS` inside `netns`, once its control socket is up.
 pub fn drainer_daemon(netns: &TestNetns, args: &[&str]) -> Process {
-    let mut command = netns.command(drainer_bin());
-    command.arg("daemon").args(args).env("DRAINER_LOG", "info");
+    let mut command = drainer_command(netns, &["daemon"]);
+    command.args(args);
     let daemon = Process::spawn("drainer daemon", command);
     daemon.wait_for("control socket", Duration::from_secs(20));
     daemon
@@ -40,6 +51,12 @@ pub fn status_json(socket: &Path) -> serde_json::Value {
         drainer_client(&["status", "--json", "--socket", socket.to_str().unwrap()]);
     assert_eq!(code, 0, "drainer status failed: {stderr}");
     serde_json::from_str(&stdout).expect("status JSON")
+}
+
+/// Sends SIGTERM to `drainer run`; returns the line that says the drain began (refusing).
+pub fn start_drain(drainer: &Process) -> Line {
+    drainer.signal(Signal::SIGTERM);
+    drainer.wait_for("draining: refusing new connections", Duration::from_secs(5))
 }
 
 /// The pid of the server `drainer run` started, from its "started … pid=N" log line.

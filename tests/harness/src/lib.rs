@@ -6,7 +6,7 @@
 //! |---|---|
 //! | [`drainer`] | `drainer run`, `drainer daemon` and the client commands; their logs and status |
 //! | [`servers`] | the servers drainer guards: echo server, uvicorn live app, signal server |
-//! | [`clients`] | the clients: echo, live WebSocket sessions' results, HTTP |
+//! | [`clients`] | the clients: addresses, connections, echo, live WebSocket sessions, HTTP |
 //! | [`netns`] | a throwaway network namespace per test |
 //! | [`process`] | child processes whose output is read line by line, stamped with the clock |
 //! | [`capabilities`] | commands limited to chosen capabilities; the sets a process holds |

@@ -1,4 +1,7 @@
 //! The real servers drainer guards (tests/python): echo server, uvicorn live app, signal server.
+//!
+//! Each has its command line, for `drainer run` to start, and a starter that runs it on its own in
+//! a namespace and returns once it is ready.
 use std::time::Duration;
 
 use crate::{netns::TestNetns, process::Process, python, script};
@@ -18,18 +21,12 @@ pub fn echo_server_command(listen: &[(&str, u16)]) -> Vec<String> {
 
 /// The echo server listening on each `host port` pair in `netns`.
 pub fn echo_server(netns: &TestNetns, listen: &[(&str, u16)]) -> Process {
-    let mut command = netns.command(python());
-    command.arg(script("echo_server.py"));
-    for (host, port) in listen {
-        command.arg(host).arg(port.to_string());
-    }
-    let server = Process::spawn("echo_server", command);
-    server.wait_for("listening", Duration::from_secs(20));
-    server
+    let command = echo_server_command(listen);
+    start(netns, "echo_server", &command, "listening", 20)
 }
 
 /// The command line of uvicorn serving tests/python/live_app.py (live WebSocket sessions) on
-/// 127.0.0.1:`port`.
+/// 127.0.0.1:`port`; it prints `Uvicorn running on` once bound.
 pub fn live_app_command(port: u16) -> Vec<String> {
     [
         python().display().to_string(),
@@ -44,4 +41,37 @@ pub fn live_app_command(port: u16) -> Vec<String> {
         port.to_string(),
     ]
     .into()
+}
+
+/// uvicorn serving the live app on 127.0.0.1:`port` in `netns`.
+pub fn live_app(netns: &TestNetns, port: u16) -> Process {
+    let command = live_app_command(port);
+    start(netns, "uvicorn", &command, "Uvicorn running on", 30)
+}
+
+/// The command line of tests/python/signal_server.py on `port` with its `options`: it prints
+/// `listening` once bound and `got SIGNAME` for each signal it receives.
+pub fn signal_server_command(port: u16, options: &[&str]) -> Vec<String> {
+    let mut command = vec![
+        python().display().to_string(),
+        script("signal_server.py").display().to_string(),
+        port.to_string(),
+    ];
+    command.extend(options.iter().map(|option| option.to_string()));
+    command
+}
+
+/// The signal server on `port` in `netns`.
+pub fn signal_server(netns: &TestNetns, port: u16) -> Process {
+    let command = signal_server_command(port, &[]);
+    start(netns, "signal_server", &command, "listening", 20)
+}
+
+/// Runs `command` in `netns`; returns once it printed `ready`, failing after `seconds`.
+fn start(netns: &TestNetns, name: &str, command: &[String], ready: &str, seconds: u64) -> Process {
+    let mut server = netns.command(&command[0]);
+    server.args(&command[1..]);
+    let server = Process::spawn(name, server);
+    server.wait_for(ready, Duration::from_secs(seconds));
+    server
 }
