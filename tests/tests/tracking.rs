@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use drainer::kernel::{Kernel, Netns, SockDiag, Target};
+use drainer::kernel::{Kernel, Netns, SocketTable, Target};
 use drainer_harness::{
     clients::{connect_many, echo, loopback},
     netns::TestNetns,
@@ -29,7 +29,7 @@ fn attach(netns: &TestNetns) -> Kernel {
 
 /// Live sockets on the port as sock_diag (the `ss` interface) lists them: an independent count.
 fn listed(netns: &TestNetns) -> usize {
-    netns.run(|| SockDiag::open().unwrap().sockets(&[PORT]).unwrap().len())
+    netns.run(|| SocketTable::open().unwrap().sockets(&[PORT]).unwrap().len())
 }
 
 fn live(programs: &Kernel) -> i64 {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::{
-    kernel::{Count, Counts, DiagSocket, Kernel},
+    kernel::{Count, Counts, Kernel, TableSocket},
     system::systemd::Systemd,
 };
 
@@ -163,7 +163,7 @@ fn connections_live(count: Count) -> String {
 }
 
 /// `a, b, c` for a log line.
-fn list(connections: &[DiagSocket]) -> String {
+fn list(connections: &[TableSocket]) -> String {
     connections
         .iter()
         .map(ToString::to_string)

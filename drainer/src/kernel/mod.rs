@@ -29,7 +29,7 @@ use self::{claim::PortClaims, counts::Counter, programs::Programs};
 pub use self::{
     counts::{Count, Counts},
     netns::Netns,
-    socket_table::{DiagSocket, SockDiag},
+    socket_table::{SocketTable, TableSocket},
 };
 
 /// What to guard: ports in one network namespace.
@@ -54,7 +54,7 @@ impl Kernel {
         let claims = claim::claim(target.ports, target.netns)?;
         let programs = Programs::attach(target)?;
         // Opened inside the guarded namespace: the socket table lists that namespace's sockets.
-        let table = target.netns.run_inside(SockDiag::open)?;
+        let table = target.netns.run_inside(SocketTable::open)?;
         let kernel = Self {
             programs,
             counter: Counter::new(table),
@@ -91,7 +91,7 @@ impl Kernel {
     }
 
     /// The `limit` live connections on the ports idle the longest, most idle first.
-    pub fn most_idle(&self, limit: usize) -> Result<Vec<DiagSocket>> {
+    pub fn most_idle(&self, limit: usize) -> Result<Vec<TableSocket>> {
         self.counter.table().most_idle(self.ports(), limit)
     }
 
