@@ -124,6 +124,7 @@ fn bpf_syscall_filter() -> [libc::sock_filter; 6] {
 }
 
 fn fetch_listener(pid: u32) -> io::Result<OwnedFd> {
+    // Raw system calls: nix has neither pidfd_open nor pidfd_getfd, and std's PidFd is unstable.
     // SAFETY: raw syscalls; results checked.
     unsafe {
         let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
