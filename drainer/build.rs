@@ -8,9 +8,9 @@
 use std::{
     env,
     ffi::OsString,
-    fs,
+    fs, io,
     path::{Path, PathBuf},
-    process::Command,
+    process::{self, Command},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -33,7 +33,15 @@ const NOT_INHERITED: &[&str] = &[
     "RUSTUP_TOOLCHAIN_SOURCE",
 ];
 
-fn main() -> Result<()> {
+fn main() {
+    // The error alone, without the backtrace anyhow would add under RUST_BACKTRACE.
+    if let Err(err) = build() {
+        eprintln!("error: {err:#}");
+        process::exit(1);
+    }
+}
+
+fn build() -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("drainer's manifest directory has no parent")?;
@@ -64,17 +72,17 @@ fn main() -> Result<()> {
         cargo.env_remove(var);
     }
     cargo.env("CARGO_ENCODED_RUSTFLAGS", rustflags()?);
-    let output = cargo
-        .output()
+    // Cargo keeps a build script's stderr (target/*/build/drainer-*/stderr) and shows it only when
+    // the script fails (or with -vv); stdout is for its instructions.
+    let status = cargo
+        .stdout(io::stderr())
+        .status()
         .context("cannot start cargo to build drainer-ebpf (is rustup's cargo on PATH?)")?;
-    if !output.status.success() {
+    if !status.success() {
         bail!(
-            "building drainer-ebpf failed ({}): `cargo build` in {} with the nightly its \
-             rust-toolchain.toml pins (`./x setup` installs it and bpf-linker):\n{}{}",
-            output.status,
-            ebpf.display(),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
+            "building drainer-ebpf failed ({status}; its output is above): `cargo build` in {} \
+             with the nightly its rust-toolchain.toml pins, which `./x` installs with bpf-linker",
+            ebpf.display()
         );
     }
 
