@@ -25,7 +25,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install the eBPF toolchain (rust-src, bpf-linker) if missing.
+    /// Install bpf-linker for the eBPF nightly if missing (`./x` installs the toolchains).
     Setup,
     /// Build drainer (the eBPF object is built and embedded on the way).
     Build {
