@@ -28,9 +28,6 @@ pub fn fuzz(seconds: u64) -> Result<()> {
     }
     ensure_cargo_fuzz()?;
     let root = workspace_root();
-    let root = root
-        .canonicalize()
-        .with_context(|| format!("resolving {}", root.display()))?;
     let fuzz_dir = root.join("drainer/fuzz");
     let build_dir = target_dir()?.join("fuzz");
     let corpus = build_dir.join("corpus").join(TARGET);

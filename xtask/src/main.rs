@@ -11,7 +11,7 @@ mod vm;
 
 use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::cmd::{cargo, run};
@@ -148,11 +148,7 @@ fn lint() -> Result<()> {
 
 /// Checks for root and installs what the integration tests run; returns the virtualenv's python.
 fn integration_prerequisites(command: &str) -> Result<PathBuf> {
-    if !system::is_root() {
-        bail!(
-            "the integration tests load eBPF programs and create network namespaces: run `sudo ./x {command}` (or as root)"
-        );
-    }
+    system::require_root("the integration tests", command)?;
     system::ensure_packages(&[("ip", "iproute2"), ("systemd-analyze", "systemd")])?;
     python::ensure_venv()
 }
@@ -187,11 +183,7 @@ fn soak() -> Result<()> {
 }
 
 fn bench(quick: bool, only: Option<&str>) -> Result<()> {
-    if !system::is_root() {
-        bail!(
-            "the benchmarks load eBPF programs and create network namespaces: run `sudo ./x bench`"
-        );
-    }
+    system::require_root("the benchmarks", "bench")?;
     system::ensure_packages(&[("ip", "iproute2"), ("nft", "nftables")])?;
     let drainer = build(true)?;
     run(cargo().args(["build", "--release", "--package", "drainer-bench"]))?;
