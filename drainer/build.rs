@@ -127,7 +127,8 @@ fn bpf_target() -> Result<String> {
 }
 
 /// The flags aya-build passes: the architecture aya-ebpf's helpers read registers for (drainer's
-/// target's), full debug information and BTF in the object, which the loader needs.
+/// target's), full debug information and BTF in the object, which the loader needs. xtask's
+/// `clippy_ebpf` passes the same, to reuse what this build compiled.
 fn rustflags() -> Result<OsString> {
     let arch = env::var("CARGO_CFG_TARGET_ARCH").context("CARGO_CFG_TARGET_ARCH")?;
     // aya-ebpf names every 64-bit RISC-V riscv64.

@@ -127,13 +127,20 @@ fn ensure_bpf_linker(nightly: &Nightly) -> Result<()> {
     Ok(())
 }
 
-/// Clippy on the eBPF crate, for the BPF target, with its nightly, in the target directory
-/// drainer/build.rs builds the object in (so the crates both need are built once).
+/// Clippy on the eBPF crate, for the BPF target, with its nightly, in the target directory and with
+/// the flags drainer/build.rs builds the object with: clippy then finds the dependencies (core,
+/// aya-ebpf) built, where other flags would compile them again.
 pub fn clippy_ebpf() -> Result<()> {
+    let rustflags = [
+        format!("--cfg=bpf_target_arch=\"{}\"", env::consts::ARCH),
+        "-Cdebuginfo=2".to_owned(),
+        "-Clink-arg=--btf".to_owned(),
+    ];
     run(ebpf_toolchain("cargo")?
         .args(["clippy", "--package", "drainer-ebpf", "--release"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .arg("--target-dir")
         .arg(ebpf_target_dir()?)
-        .args(["--", "-D", "warnings"]))
+        .args(["--", "-D", "warnings"])
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags.join("\x1f")))
 }
