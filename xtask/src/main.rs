@@ -9,7 +9,11 @@ mod system;
 mod toolchain;
 mod vm;
 
-use std::{ffi::OsString, path::PathBuf, process::ExitCode};
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{self, ExitCode},
+};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -153,33 +157,30 @@ fn integration_prerequisites(command: &str) -> Result<PathBuf> {
     python::ensure_venv()
 }
 
+/// `cargo test` with drainer built (dev) and named to the tests, with the virtualenv's python.
+fn cargo_test(python: &Path) -> Result<process::Command> {
+    let binary = build(false)?;
+    let mut test = cargo();
+    test.arg("test")
+        .env("DRAINER_BIN", &binary)
+        .env("DRAINER_TEST_PYTHON", python);
+    Ok(test)
+}
+
 fn test() -> Result<()> {
     let python = integration_prerequisites("test")?;
     lint()?;
-    let binary = build(false)?;
-    run(cargo()
-        .args([
-            "test",
-            "--workspace",
-            "--exclude",
-            "drainer-ebpf",
-            "--no-fail-fast",
-        ])
-        .env("DRAINER_BIN", &binary)
-        .env("DRAINER_TEST_PYTHON", &python))?;
+    run(cargo_test(&python)?.args(["--workspace", "--exclude", "drainer-ebpf", "--no-fail-fast"]))?;
     // Long enough to replay the corpus and catch a regression; `cargo xtask fuzz` searches.
     fuzz::fuzz(30)
 }
 
 fn soak() -> Result<()> {
     let python = integration_prerequisites("soak")?;
-    let binary = build(false)?;
-    run(cargo()
-        .args(["test", "--package", "drainer-integration", "--test", "soak"])
+    run(cargo_test(&python)?
+        .args(["--package", "drainer-integration", "--test", "soak"])
         .args(["--", "--nocapture"])
-        .env("DRAINER_SOAK", "full")
-        .env("DRAINER_BIN", &binary)
-        .env("DRAINER_TEST_PYTHON", &python))
+        .env("DRAINER_SOAK", "full"))
 }
 
 fn bench(quick: bool, only: Option<&str>) -> Result<()> {
@@ -187,7 +188,7 @@ fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     system::ensure_packages(&[("ip", "iproute2"), ("nft", "nftables")])?;
     let drainer = build(true)?;
     run(cargo().args(["build", "--release", "--package", "drainer-bench"]))?;
-    let mut bench = std::process::Command::new(cmd::target_dir()?.join("release/drainer-bench"));
+    let mut bench = process::Command::new(cmd::target_dir()?.join("release/drainer-bench"));
     bench
         .args(["run", "--out"])
         .arg(cmd::workspace_root().join("bench/results"));
