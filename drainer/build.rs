@@ -18,8 +18,9 @@ use anyhow::{Context as _, Result, bail};
 /// The eBPF crate's binary, and so the object's file name.
 const OBJECT: &str = "drainer";
 
-/// What cargo and rustup set for this build script that would make the nested cargo build with
-/// this build's toolchain, compiler wrappers (clippy's), flags or target directory.
+/// What this build script's environment may hold (from cargo, rustup or the user) that would make
+/// the nested cargo build with this build's toolchain, compiler wrappers (clippy's), flags or
+/// target directory.
 const NOT_INHERITED: &[&str] = &[
     "RUSTC",
     "RUSTC_WRAPPER",
