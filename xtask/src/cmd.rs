@@ -2,14 +2,17 @@
 use std::{
     env,
     io::{BufRead as _, BufReader},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
+    sync::OnceLock,
 };
 
 use anyhow::{Context as _, Result, bail};
 
-pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
 }
 
 pub fn cargo() -> Command {
@@ -22,11 +25,33 @@ pub fn cargo() -> Command {
     cargo
 }
 
+/// The target directory and the build directory, as cargo reports them (so CARGO_TARGET_DIR,
+/// `build.target-dir` and `build.build-dir` are honoured).
+fn cargo_dirs() -> Result<&'static (PathBuf, PathBuf)> {
+    static DIRS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    if let Some(dirs) = DIRS.get() {
+        return Ok(dirs);
+    }
+    let metadata = cargo_metadata::MetadataCommand::new()
+        .cargo_path(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(workspace_root())
+        .no_deps()
+        .exec()
+        .context("asking cargo for the target directory")?;
+    let target = metadata.target_directory.into_std_path_buf();
+    let build = metadata
+        .build_directory
+        .map_or_else(|| target.clone(), |dir| dir.into_std_path_buf());
+    Ok(DIRS.get_or_init(|| (target, build)))
+}
+
 pub fn target_dir() -> Result<PathBuf> {
-    Ok(match env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => workspace_root().join("target"),
-    })
+    Ok(cargo_dirs()?.0.clone())
+}
+
+/// Where drainer/build.rs builds the eBPF object: `<build dir>/bpf`.
+pub fn ebpf_target_dir() -> Result<PathBuf> {
+    Ok(cargo_dirs()?.1.join("bpf"))
 }
 
 pub fn run(command: &mut Command) -> Result<()> {

@@ -2,7 +2,8 @@
 //! for a bounded time.
 //!
 //! libFuzzer's instrumentation needs a nightly rustc; the eBPF nightly serves, so no third
-//! toolchain is pinned. The build and the corpus the fuzzer grows live under the target directory,
+//! toolchain is pinned. The fuzz crate depends on drainer-common's protocol alone: no eBPF object,
+//! so no bpf-linker. The build and the corpus the fuzzer grows live under the target directory,
 //! failing inputs where cargo-fuzz puts them (drainer/fuzz/artifacts/, ignored by git); only the
 //! seeds (drainer/fuzz/seeds/) are part of the repository.
 use std::{fs, process::Command};
@@ -26,11 +27,7 @@ pub fn fuzz(seconds: u64) -> Result<()> {
         bail!("--seconds 0 would fuzz without end: give a positive number of seconds");
     }
     ensure_cargo_fuzz()?;
-    let nightly = toolchain::ebpf_nightly()?;
     let root = workspace_root();
-    let root = root
-        .canonicalize()
-        .with_context(|| format!("resolving {}", root.display()))?;
     let fuzz_dir = root.join("drainer/fuzz");
     let build_dir = target_dir()?.join("fuzz");
     let corpus = build_dir.join("corpus").join(TARGET);
@@ -39,17 +36,13 @@ pub fn fuzz(seconds: u64) -> Result<()> {
     let max_len = MAX_REQUEST + PAST_MAX_REQUEST;
 
     let cargo_fuzz = |subcommand: &str| -> Result<Command> {
-        let mut command = Command::new("rustup");
+        let mut command = toolchain::ebpf_toolchain("cargo")?;
         command
-            .args(["run", &nightly, "cargo", "fuzz", subcommand, "--fuzz-dir"])
+            .args(["fuzz", subcommand, "--fuzz-dir"])
             .arg(&fuzz_dir)
             .arg("--target-dir")
             .arg(&build_dir)
-            .arg(TARGET)
-            .current_dir(&root)
-            .env_remove("RUSTC")
-            .env_remove("RUSTC_WORKSPACE_WRAPPER")
-            .env("PATH", toolchain::path_with_cargo_bin()?);
+            .arg(TARGET);
         Ok(command)
     };
     // Built on its own first, so that a compile error is not taken for a finding.
@@ -73,8 +66,10 @@ pub fn fuzz(seconds: u64) -> Result<()> {
         };
         bail!(
             "the fuzzer found an input that {TARGET} fails on (shown above), saved as {input}; \
-             reproduce with `rustup run {nightly} cargo fuzz run --fuzz-dir {} --target-dir {} \
-             {TARGET} {input}`, then fix the parser (or the property, if it is wrong)",
+             reproduce with `cd {} && cargo fuzz run --fuzz-dir {} --target-dir {} {TARGET} \
+             {input}` (the eBPF crate's directory, for its nightly), then fix the parser (or the \
+             property, if it is wrong)",
+            root.join("drainer-ebpf").display(),
             fuzz_dir.display(),
             build_dir.display()
         );

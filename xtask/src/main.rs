@@ -9,9 +9,13 @@ mod system;
 mod toolchain;
 mod vm;
 
-use std::{ffi::OsString, path::PathBuf, process::ExitCode};
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{self, ExitCode},
+};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::cmd::{cargo, run};
@@ -25,7 +29,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install the eBPF toolchain (rust-src, bpf-linker) if missing.
+    /// Install bpf-linker for the eBPF nightly if missing (`./x` installs the toolchains).
     Setup,
     /// Build drainer (the eBPF object is built and embedded on the way).
     Build {
@@ -148,54 +152,43 @@ fn lint() -> Result<()> {
 
 /// Checks for root and installs what the integration tests run; returns the virtualenv's python.
 fn integration_prerequisites(command: &str) -> Result<PathBuf> {
-    if !system::is_root() {
-        bail!(
-            "the integration tests load eBPF programs and create network namespaces: run `sudo ./x {command}` (or as root)"
-        );
-    }
+    system::require_root("the integration tests", command)?;
     system::ensure_packages(&[("ip", "iproute2"), ("systemd-analyze", "systemd")])?;
     python::ensure_venv()
+}
+
+/// `cargo test` with drainer built (dev) and named to the tests, with the virtualenv's python.
+fn cargo_test(python: &Path) -> Result<process::Command> {
+    let binary = build(false)?;
+    let mut test = cargo();
+    test.arg("test")
+        .env("DRAINER_BIN", &binary)
+        .env("DRAINER_TEST_PYTHON", python);
+    Ok(test)
 }
 
 fn test() -> Result<()> {
     let python = integration_prerequisites("test")?;
     lint()?;
-    let binary = build(false)?;
-    run(cargo()
-        .args([
-            "test",
-            "--workspace",
-            "--exclude",
-            "drainer-ebpf",
-            "--no-fail-fast",
-        ])
-        .env("DRAINER_BIN", &binary)
-        .env("DRAINER_TEST_PYTHON", &python))?;
+    run(cargo_test(&python)?.args(["--workspace", "--exclude", "drainer-ebpf", "--no-fail-fast"]))?;
     // Long enough to replay the corpus and catch a regression; `cargo xtask fuzz` searches.
     fuzz::fuzz(30)
 }
 
 fn soak() -> Result<()> {
     let python = integration_prerequisites("soak")?;
-    let binary = build(false)?;
-    run(cargo()
-        .args(["test", "--package", "drainer-integration", "--test", "soak"])
+    run(cargo_test(&python)?
+        .args(["--package", "drainer-integration", "--test", "soak"])
         .args(["--", "--nocapture"])
-        .env("DRAINER_SOAK", "full")
-        .env("DRAINER_BIN", &binary)
-        .env("DRAINER_TEST_PYTHON", &python))
+        .env("DRAINER_SOAK", "full"))
 }
 
 fn bench(quick: bool, only: Option<&str>) -> Result<()> {
-    if !system::is_root() {
-        bail!(
-            "the benchmarks load eBPF programs and create network namespaces: run `sudo ./x bench`"
-        );
-    }
+    system::require_root("the benchmarks", "bench")?;
     system::ensure_packages(&[("ip", "iproute2"), ("nft", "nftables")])?;
     let drainer = build(true)?;
     run(cargo().args(["build", "--release", "--package", "drainer-bench"]))?;
-    let mut bench = std::process::Command::new(cmd::target_dir()?.join("release/drainer-bench"));
+    let mut bench = process::Command::new(cmd::target_dir()?.join("release/drainer-bench"));
     bench
         .args(["run", "--out"])
         .arg(cmd::workspace_root().join("bench/results"));

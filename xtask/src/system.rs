@@ -15,26 +15,29 @@ use crate::cmd::run;
 pub fn cache_dir() -> Result<PathBuf> {
     let base = match env::var_os("XDG_CACHE_HOME") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env::var_os("HOME").context("HOME is not set")?).join(".cache"),
+        None => home::home_dir().context("HOME is not set")?.join(".cache"),
     };
     Ok(base.join("drainer"))
 }
 
 pub fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc_geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
+/// Fails unless root, telling how to run `./x <command>` for `what`, which loads eBPF programs
+/// and creates network namespaces.
+pub fn require_root(what: &str, command: &str) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "{what} load eBPF programs and create network namespaces: run `sudo ./x {command}` \
+             (or as root)"
+        );
+    }
+    Ok(())
 }
 
 fn on_path(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
+    which::which(program).is_ok()
 }
 
 /// Installs the Debian package of each (program, package) whose program is missing.

@@ -1,0 +1,81 @@
+//! The test executables the guest runs, built here by cargo, and the environment
+//! `cargo xtask test` gives them, as seen from inside the VM.
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+};
+
+use anyhow::{Context as _, Result, bail};
+use cargo_metadata::{Artifact, Message, TargetKind};
+
+use super::utf8;
+use crate::cmd::{cargo, output};
+
+/// A test executable, and the directory cargo would run it in (its package's).
+pub(super) struct TestBinary {
+    /// The test target's name, or `<crate>-<kind>` for the unit tests of a library or binary.
+    pub(super) name: String,
+    pub(super) dir: PathBuf,
+    pub(super) executable: PathBuf,
+}
+
+/// Builds the tests of the crates that touch the kernel; returns their executables.
+pub(super) fn build() -> Result<Vec<TestBinary>> {
+    let messages = output(
+        cargo()
+            .args([
+                "test",
+                "--package",
+                "drainer",
+                "--package",
+                "drainer-integration",
+            ])
+            .args(["--no-run", "--message-format=json-render-diagnostics"])
+            .stderr(Stdio::inherit()),
+    )?;
+    let mut tests = Vec::new();
+    for message in Message::parse_stream(messages.as_bytes()) {
+        let Message::CompilerArtifact(Artifact {
+            target,
+            profile,
+            executable: Some(executable),
+            manifest_path,
+            ..
+        }) = message.context("reading cargo's messages")?
+        else {
+            continue;
+        };
+        if !profile.test {
+            continue;
+        }
+        let name = match target.kind.first() {
+            Some(TargetKind::Test) | None => target.name,
+            Some(kind) => format!("{}-{kind}", target.name),
+        };
+        tests.push(TestBinary {
+            name,
+            dir: manifest_path
+                .parent()
+                .map_or_else(|| PathBuf::from("/"), |dir| dir.as_std_path().to_owned()),
+            executable: executable.into_std_path_buf(),
+        });
+    }
+    if tests.is_empty() {
+        bail!("cargo test --no-run built no test executable");
+    }
+    tests.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(tests)
+}
+
+/// The environment `cargo xtask test` gives the test binaries, as seen from inside the VM.
+pub(super) fn env(drainer: &Path, python: &Path) -> Result<Vec<(&'static str, String)>> {
+    let var = |name| std::env::var(name).with_context(|| format!("{name} is not set"));
+    Ok(vec![
+        ("HOME", var("HOME")?),
+        ("PATH", var("PATH")?),
+        ("LANG", "C.UTF-8".to_owned()),
+        ("RUST_BACKTRACE", "1".to_owned()),
+        ("DRAINER_BIN", utf8(drainer)?.to_owned()),
+        ("DRAINER_TEST_PYTHON", utf8(python)?.to_owned()),
+    ])
+}

@@ -1,0 +1,93 @@
+//! `cargo xtask vm-test`: the unit and integration tests under each kernel series Debian's archive
+//! offers, booted in qemu with software emulation (TCG), so older kernels are tested without
+//! installing them or rebooting this machine.
+//!
+//! The stages, one file each:
+//!
+//! - [`kernels`]: which kernels Debian's archive offers, and which of them to boot;
+//! - [`image`]: a kernel package downloaded and unpacked once, into
+//!   `~/.cache/drainer/kernels/<version>/`, its modules indexed;
+//! - [`binaries`]: the test executables built here, and the environment they run in;
+//! - [`initramfs`]: busybox, `init.sh` as /init, the modules it loads and the plan of the run;
+//! - [`qemu`]: the boot, the console watched, the run stopped if it hangs;
+//! - [`report`]: each binary's result read back, the summary and the verdict.
+//!
+//! The guest mounts this machine's root filesystem read-only over virtio-9p and runs the test
+//! binaries built here, chrooted into it: it sees the same toolchain, Python virtualenv and tools
+//! as the host. It writes each binary's output and exit status to a second, writable share, then
+//! powers off.
+mod binaries;
+mod image;
+mod initramfs;
+mod kernels;
+mod qemu;
+mod report;
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::{cmd, python, system};
+
+/// The static busybox the host image and the guest's initramfs use.
+const BUSYBOX: &str = "/bin/busybox";
+
+pub struct Options {
+    /// A version the archive offers (6.1.0-57) or a series (6.1); every series when absent.
+    pub kernel: Option<String>,
+    /// Passed to each test binary: only the tests whose names contain it.
+    pub filter: Option<String>,
+    /// How long one VM may run its tests.
+    pub timeout: Duration,
+}
+
+pub fn vm_test(options: &Options) -> Result<()> {
+    system::ensure_packages(&[("qemu-system-x86_64", "qemu-system-x86")])?;
+    system::ensure_debian_packages(&["busybox-static"])?;
+    let kernels = kernels::choose(&kernels::offered()?, options.kernel.as_deref())?;
+    let python = python::ensure_venv()?;
+    // Under emulation a debug drainer takes about 4 s to attach (parsing the kernel's BTF, twice),
+    // longer than some tests give it; the release build, the one deployed, takes about 1 s.
+    let drainer = crate::build(true)?;
+    let tests = binaries::build()?;
+    let images = kernels
+        .iter()
+        .map(image::fetch)
+        .collect::<Result<Vec<_>>>()?;
+    let env = binaries::env(&drainer, &python)?;
+
+    let logs = cmd::target_dir()?.join("vm-test");
+    let mut reports = Vec::new();
+    for image in &images {
+        let work = logs.join(&image.version);
+        let plan = initramfs::Plan {
+            image,
+            tests: &tests,
+            filter: options.filter.as_deref(),
+            env: &env,
+        };
+        let started = Instant::now();
+        let outcome = qemu::boot_and_test(&plan, &work, options.timeout)
+            .with_context(|| format!("running the tests under {}", image.version))?;
+        reports.push(report::Report {
+            image,
+            outcome,
+            wall: started.elapsed(),
+            work,
+        });
+    }
+    report::summarize(&reports, &logs)
+}
+
+/// `path` as the VM's shell scripts take it.
+fn utf8(path: &Path) -> Result<&str> {
+    path.to_str().with_context(|| {
+        format!(
+            "{} is not UTF-8, which the VM's shell scripts need",
+            path.display()
+        )
+    })
+}
