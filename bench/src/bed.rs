@@ -6,7 +6,9 @@ use std::{
     time::Duration,
 };
 
-use drainer_integration::{TempDir, drainer_bin, netns::TestNetns, process::Process};
+use drainer_harness::{
+    drainer::drainer_command, netns::TestNetns, process::Process, tempdir::TempDir,
+};
 
 pub const PORT: u16 = 8000;
 
@@ -55,11 +57,11 @@ impl Bed {
     /// `drainer daemon` guarding the port, once attached.
     pub fn daemon(&self) -> Process {
         let socket = self.dir.path().join("drainer.sock");
-        let mut command = self.netns.command(drainer_bin());
-        command
-            .args(["daemon", "--port", &PORT.to_string(), "--control-socket"])
-            .arg(&socket)
-            .env("DRAINER_LOG", "info");
+        let mut command = drainer_command(
+            &self.netns,
+            &["daemon", "--port", &PORT.to_string(), "--control-socket"],
+        );
+        command.arg(&socket);
         let daemon = Process::spawn("drainer daemon", command);
         daemon.wait_for("control socket", Duration::from_secs(60));
         daemon

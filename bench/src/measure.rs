@@ -8,7 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use drainer_integration::{drainer_bin, process::Process};
+use drainer_harness::{
+    drainer::{drainer_command, status_json},
+    process::{Process, monotonic_now},
+};
 use nix::sys::signal::Signal;
 
 use crate::{
@@ -148,10 +151,10 @@ pub fn release_latency(bed: &Bed, drains: usize) -> (Latencies, Latencies) {
     for round in 0..drains * 2 {
         let with_drainer = round % 2 == 0;
         let mut command = if with_drainer {
-            let mut command = bed.netns.command(drainer_bin());
-            command.args(["run", "--port", &PORT.to_string(), "--", me, "child", &addr]);
-            command.env("DRAINER_LOG", "info");
-            command
+            drainer_command(
+                &bed.netns,
+                &["run", "--port", &PORT.to_string(), "--", me, "child", &addr],
+            )
         } else {
             let mut command = bed.netns.command(me);
             command.args([
@@ -295,10 +298,10 @@ pub fn scale(bed: &Bed, connections: usize) -> Scale {
         client.wait_for("held", Duration::from_secs(600));
     }
 
-    let started = drainer_integration::monotonic_now();
+    let started = monotonic_now();
     let daemon = bed.daemon();
     let attached = daemon.wait_for("control socket", Duration::from_secs(1)).at;
-    let status = drainer_integration::status_json(&bed.dir.path().join("drainer.sock"));
+    let status = status_json(&bed.dir.path().join("drainer.sock"));
     let map_bytes = map_memlock(daemon.pid().as_raw());
     let result = Scale {
         counted: status["live"].as_i64().unwrap_or(-1),

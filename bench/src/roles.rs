@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use drainer::kernel::SockDiag;
+use drainer::kernel::SocketTable;
 use nix::sys::signal::{SigHandler, Signal, kill, signal};
 
 use crate::clock::monotonic_ns;
@@ -148,7 +148,7 @@ pub fn child(addr: SocketAddr) -> Result<()> {
 pub fn poll_run(port: u16, command: &[String]) -> Result<()> {
     // SAFETY: the handler only stores to an atomic.
     unsafe { signal(Signal::SIGTERM, SigHandler::Handler(note_stop))? };
-    let diag = SockDiag::open()?;
+    let diag = SocketTable::open()?;
     let child = Command::new(&command[0])
         .args(&command[1..])
         .process_group(0)

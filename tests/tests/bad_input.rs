@@ -7,7 +7,9 @@ use std::{
     process::{Command, Output},
 };
 
-use drainer_integration::{drainer_bin, fixtures, netns::TestNetns, require_root};
+use drainer_harness::{
+    drainer::drainer_command, drainer_bin, netns::TestNetns, old_kernel, require_root,
+};
 
 fn drainer(args: &[&str]) -> Command {
     let mut command = Command::new(drainer_bin());
@@ -142,8 +144,10 @@ fn a_command_that_does_not_exist_is_named() {
     require_root();
     // drainer attaches before it starts the command: keep that inside a test namespace.
     let netns = TestNetns::create();
-    let mut command = netns.command(drainer_bin());
-    command.args(["run", "--port", "8000", "--", "/nonexistent/server"]);
+    let command = drainer_command(
+        &netns,
+        &["run", "--port", "8000", "--", "/nonexistent/server"],
+    );
     let (code, stderr) = run(command);
     assert_eq!(code, 1, "{stderr}");
     assert!(
@@ -156,14 +160,14 @@ fn a_command_that_does_not_exist_is_named() {
 fn a_kernel_without_the_sk_lookup_program_type_is_named() {
     require_root();
     let netns = TestNetns::create();
-    let mut command = netns.command(drainer_bin());
-    command.args(["run", "--port", "8000", "--", "true"]);
-    fixtures::trap_bpf_calls(&mut command);
+    let mut command = drainer_command(&netns, &["run", "--port", "8000", "--", "true"]);
+    old_kernel::trap_bpf_calls(&mut command);
     let child = command
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start drainer");
-    let supervisor = fixtures::answer_as_if_missing(child.id(), fixtures::BPF_PROG_TYPE_SK_LOOKUP);
+    let supervisor =
+        old_kernel::answer_as_if_missing(child.id(), old_kernel::BPF_PROG_TYPE_SK_LOOKUP);
     let Output { status, stderr, .. } = child.wait_with_output().unwrap();
     supervisor.join().unwrap();
     let stderr = String::from_utf8_lossy(&stderr);

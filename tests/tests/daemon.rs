@@ -4,14 +4,21 @@ use std::{
     io::{ErrorKind, Read as _, Write as _},
     net::{Shutdown, SocketAddr},
     os::unix::{net::UnixStream, process::CommandExt as _},
+    path::PathBuf,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use drainer_integration::{
-    TempDir, drainer_bin, drainer_client, drainer_daemon, echo_server, http_request,
-    netns::TestNetns, process::Process, python, require_root, script, status_json,
+use drainer_harness::{
+    clients::{connect_many, http_request, live_clients, live_session_results, loopback},
+    drainer::{drainer_client, drainer_daemon, status_json},
+    drainer_bin,
+    netns::TestNetns,
+    process::Process,
+    python, require_root, script,
+    servers::{echo_server, live_app, signal_server},
+    tempdir::TempDir,
 };
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -19,7 +26,7 @@ use serde_json::Value;
 const TOKEN: &str = "a-long-random-token-for-the-tests";
 
 fn http_addr() -> SocketAddr {
-    "127.0.0.1:9090".parse().unwrap()
+    loopback(9090)
 }
 
 fn socket_arg(dir: &TempDir) -> String {
@@ -49,33 +56,13 @@ fn pod_rehearsal_prestop_http_drain_then_sigterm_loses_no_session() {
     let socket = socket_arg(&dir);
 
     // The app container: uvicorn in the pod's namespace.
-    let mut uvicorn_command = pod.command(python());
-    uvicorn_command
-        .args([
-            "-m",
-            "uvicorn",
-            "live_app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "8000",
-            "--app-dir",
-        ])
-        .arg(script(""));
-    let mut uvicorn = Process::spawn("uvicorn", uvicorn_command);
-    uvicorn.wait_for("Uvicorn running on", Duration::from_secs(30));
+    let mut uvicorn = live_app(&pod, 8000);
 
     // Live sessions exist before the sidecar starts.
     let lengths: Vec<String> = (0..20)
         .map(|i| format!("{:.2}", 2.0 + 2.0 * f64::from(i) / 19.0))
         .collect();
-    let mut clients_command = pod.command(python());
-    clients_command
-        .arg(script("live_clients.py"))
-        .args(["127.0.0.1", "8000"])
-        .args(&lengths);
-    let mut clients = Process::spawn("live_clients", clients_command);
-    clients.wait_for("connected 20", Duration::from_secs(30));
+    let mut clients = live_clients(&pod, 8000, &lengths, Duration::from_secs(30));
 
     // The sidecar attaches from outside, through the pod's namespace file.
     let mut daemon = drainer_daemon(
@@ -131,7 +118,7 @@ fn pod_rehearsal_prestop_http_drain_then_sigterm_loses_no_session() {
         wait_for_state(&socket, "draining");
         let readyz = http_request(node.connect(http_addr()).unwrap(), "GET", "/readyz", &[]).0;
         let refused = pod
-            .connect("127.0.0.1:8000".parse().unwrap())
+            .connect(loopback(8000))
             .expect_err("accepted while draining");
         (prestop.join().unwrap(), readyz, refused)
     });
@@ -142,14 +129,7 @@ fn pod_rehearsal_prestop_http_drain_then_sigterm_loses_no_session() {
     // Then the kubelet sends the app its SIGTERM.
     uvicorn.signal(Signal::SIGTERM);
     uvicorn.wait(Duration::from_secs(30));
-    assert!(clients.wait(Duration::from_secs(30)).success());
-    let results: Vec<Value> = clients
-        .lines()
-        .iter()
-        .filter(|line| line.text.starts_with('{'))
-        .map(|line| serde_json::from_str(&line.text).unwrap())
-        .collect();
-    assert_eq!(results.len(), 20);
+    let results = live_session_results(&mut clients, 20, Duration::from_secs(30));
     for result in &results {
         assert_eq!(result["code"], 1000, "{result}");
         assert_eq!(result["received"], result["expected"], "{result}");
@@ -182,8 +162,8 @@ fn metrics_parse_as_prometheus_text_and_match_status() {
             &socket,
         ],
     );
-    let addr: SocketAddr = "127.0.0.1:8000".parse().unwrap();
-    let _held: Vec<_> = (0..3).map(|_| netns.connect(addr).unwrap()).collect();
+    let addr = loopback(8000);
+    let _held = connect_many(&netns, addr, 3);
 
     let (code, _, stderr) = drainer_client(&["drain", "--socket", &socket]);
     assert_eq!(code, 0, "{stderr}");
@@ -388,7 +368,7 @@ fn drain_wait_exits_3_when_the_deadline_cuts_the_drain_and_4_when_released_early
     require_root();
     let netns = TestNetns::create();
     let _server = echo_server(&netns, &[("127.0.0.1", 8000)]);
-    let addr: SocketAddr = "127.0.0.1:8000".parse().unwrap();
+    let addr = loopback(8000);
     let _held = netns.connect(addr).unwrap();
 
     let dir = TempDir::create("deadline");
@@ -432,16 +412,9 @@ fn release_signals_the_pidfile_process_and_every_process_of_the_cgroup() {
     let netns = TestNetns::create();
     let dir = TempDir::create("release-target");
     let pidfile = dir.path().join("app.pid");
-    let signal_server = |port: &str| {
-        let mut command = netns.command(python());
-        command.arg(script("signal_server.py")).arg(port);
-        let server = Process::spawn("signal_server", command);
-        server.wait_for("listening", Duration::from_secs(20));
-        server
-    };
 
     // --release-pidfile: the pid is read at release time.
-    let app = signal_server("8000");
+    let app = signal_server(&netns, 8000);
     std::fs::write(&pidfile, format!("{}\n", app.pid())).unwrap();
     let socket = socket_arg(&dir);
     let _daemon = drainer_daemon(
@@ -460,10 +433,13 @@ fn release_signals_the_pidfile_process_and_every_process_of_the_cgroup() {
     app.wait_for("got SIGTERM", Duration::from_secs(5));
 
     // --release-cgroup with --release-signal: every process of the cgroup hears it.
-    let cgroup_root = drainer_integration::cgroup2_root();
+    let cgroup_root = cgroup2_root();
     let cgroup = cgroup_root.join(format!("drainer-test-{}", std::process::id()));
     std::fs::create_dir_all(&cgroup).unwrap();
-    let workers: Vec<Process> = ["8001", "8002"].into_iter().map(signal_server).collect();
+    let workers: Vec<Process> = [8001, 8002]
+        .into_iter()
+        .map(|port| signal_server(&netns, port))
+        .collect();
     for worker in &workers {
         std::fs::write(cgroup.join("cgroup.procs"), worker.pid().to_string()).unwrap();
     }
@@ -493,6 +469,19 @@ fn release_signals_the_pidfile_process_and_every_process_of_the_cgroup() {
     while std::fs::remove_dir(&cgroup).is_err() && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Where the cgroup v2 hierarchy is mounted (pure v2, or the hybrid layout's `unified`).
+fn cgroup2_root() -> PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .expect("a cgroup v2 hierarchy must be mounted for this test")
 }
 
 /// Sends `request` on a fresh connection to the HTTP endpoint, then the answer's status code.

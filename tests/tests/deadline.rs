@@ -1,39 +1,30 @@
 //! The deadline: a connection that never ends is released at --drain-timeout and named, and it
 //! flows undisturbed until then.
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
-use drainer_integration::{
-    drainer_run, echo, monotonic_now, netns::TestNetns, python, require_root, script,
+use drainer_harness::{
+    clients::{echo, loopback},
+    drainer::{drainer_run, start_drain},
+    netns::TestNetns,
+    process::monotonic_now,
+    require_root,
+    servers::echo_server_command,
 };
-use nix::sys::signal::Signal;
 
 #[test]
 fn a_session_that_never_ends_is_released_at_the_deadline_and_named() {
     require_root();
     let netns = TestNetns::create();
-    let python = python().display().to_string();
-    let server = script("echo_server.py").display().to_string();
     let mut drainer = drainer_run(
         &netns,
-        &[
-            "--port",
-            "8000",
-            "--drain-timeout",
-            "2s",
-            "--",
-            &python,
-            &server,
-            "127.0.0.1",
-            "8000",
-        ],
+        &["--port", "8000", "--drain-timeout", "2s"],
+        &echo_server_command(&[("127.0.0.1", 8000)]),
     );
     drainer.wait_for("listening", Duration::from_secs(20));
-    let addr: SocketAddr = "127.0.0.1:8000".parse().unwrap();
-    let mut endless = netns.connect(addr).unwrap();
+    let mut endless = netns.connect(loopback(8000)).unwrap();
     let peer = endless.local_addr().unwrap().to_string();
 
-    drainer.signal(Signal::SIGTERM);
-    let started = drainer.wait_for("draining: refusing new connections", Duration::from_secs(5));
+    let started = start_drain(&drainer);
     echo(&mut endless, b"during the drain").unwrap();
 
     let deadline = drainer.wait_for("drain deadline passed", Duration::from_secs(10));

@@ -1,13 +1,17 @@
 //! The places drainer runs: the sd_notify messages a `Type=notify` unit receives, in order; the
 //! example systemd units; the Kubernetes sidecar manifest.
-use std::{
-    net::SocketAddr, os::unix::net::UnixDatagram, path::PathBuf, process::Command, time::Duration,
-};
+use std::{os::unix::net::UnixDatagram, path::PathBuf, process::Command, time::Duration};
 
-use drainer_integration::{
-    TempDir, drainer_bin, netns::TestNetns, process::Process, python, require_root, script,
+use drainer_harness::{
+    clients::loopback,
+    drainer::{drainer_command, start_drain},
+    drainer_bin,
+    netns::TestNetns,
+    process::Process,
+    python, require_root, script,
+    servers::echo_server_command,
+    tempdir::TempDir,
 };
-use nix::sys::signal::Signal;
 
 /// Every datagram that arrives within `quiet` of the previous one.
 fn collect(socket: &UnixDatagram, quiet: Duration) -> Vec<String> {
@@ -35,9 +39,9 @@ fn notify_messages_arrive_in_order_ready_status_extend_stopping() {
     let notify_path = dir.path().join("notify");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
 
-    let mut command = netns.command(drainer_bin());
-    command
-        .args([
+    let mut command = drainer_command(
+        &netns,
+        &[
             "run",
             "--port",
             "8000",
@@ -46,18 +50,15 @@ fn notify_messages_arrive_in_order_ready_status_extend_stopping() {
             "--kill-after",
             "10s",
             "--",
-        ])
-        .arg(python())
-        .arg(script("echo_server.py"))
-        .args(["127.0.0.1", "8000"])
-        .env("NOTIFY_SOCKET", &notify_path)
-        .env("DRAINER_LOG", "info");
+        ],
+    );
+    command
+        .args(echo_server_command(&[("127.0.0.1", 8000)]))
+        .env("NOTIFY_SOCKET", &notify_path);
     let mut drainer = Process::spawn("drainer", command);
     drainer.wait_for("listening", Duration::from_secs(20));
-    let addr: SocketAddr = "127.0.0.1:8000".parse().unwrap();
-    let held = netns.connect(addr).unwrap();
-    drainer.signal(Signal::SIGTERM);
-    drainer.wait_for("draining: refusing new connections", Duration::from_secs(5));
+    let held = netns.connect(loopback(8000)).unwrap();
+    start_drain(&drainer);
     std::thread::sleep(Duration::from_millis(200));
     drop(held);
     drainer.wait(Duration::from_secs(10));

@@ -4,30 +4,34 @@
 //! connection may notice.
 use std::{
     io::ErrorKind,
-    net::{SocketAddr, TcpStream},
+    net::TcpStream,
     time::{Duration, Instant},
 };
 
-use drainer_integration::{
-    TempDir, drainer_bin, drainer_client, drainer_daemon, drainer_run, echo, echo_server,
-    echo_server_command, netns::TestNetns, process::Process, python, require_root, script,
-    server_pid, status_json,
+use drainer_harness::{
+    clients::{connect_many, echo, loopback},
+    drainer::{
+        drainer_client, drainer_command, drainer_daemon, drainer_run, server_pid, start_drain,
+        status_json,
+    },
+    netns::TestNetns,
+    process::Process,
+    python, require_root, script,
+    servers::{echo_server, echo_server_command},
+    tempdir::TempDir,
 };
 use nix::{
     sys::signal::{Signal, kill, killpg},
     unistd::Pid,
 };
 
-fn addr() -> SocketAddr {
-    "127.0.0.1:8000".parse().unwrap()
-}
-
 /// `drainer run` guarding the echo server on port 8000; returns it and the server's pid.
 fn guarded_echo_server(netns: &TestNetns) -> (Process, Pid) {
-    let server = echo_server_command(&[("127.0.0.1", 8000)]);
-    let mut args = vec!["--port", "8000", "--"];
-    args.extend(server.iter().map(String::as_str));
-    let drainer = drainer_run(netns, &args);
+    let drainer = drainer_run(
+        netns,
+        &["--port", "8000"],
+        &echo_server_command(&[("127.0.0.1", 8000)]),
+    );
     drainer.wait_for("listening", Duration::from_secs(20));
     let pid = server_pid(&drainer);
     (drainer, pid)
@@ -51,7 +55,7 @@ fn kill_drainer_and_check_fail_open(
     // The kernel detached drainer's programs with the process: new connections are accepted at
     // once, and the established ones never noticed.
     let mut fresh = netns
-        .connect(addr())
+        .connect(loopback(8000))
         .expect("the port refused a connection after drainer died");
     echo(&mut fresh, b"new").expect("a new connection after drainer died");
     assert_echoes(&mut held, "when drainer was killed");
@@ -63,7 +67,7 @@ fn drainer_killed_while_serving_leaves_the_port_and_its_connections_as_they_were
     require_root();
     let netns = TestNetns::create();
     let (drainer, server) = guarded_echo_server(&netns);
-    let mut held: Vec<TcpStream> = (0..20).map(|_| netns.connect(addr()).unwrap()).collect();
+    let mut held = connect_many(&netns, loopback(8000), 20);
     assert_echoes(&mut held, "while serving");
     kill_drainer_and_check_fail_open(&netns, drainer, server, held);
 }
@@ -73,11 +77,10 @@ fn drainer_killed_while_draining_accepts_again_at_once_and_disturbs_no_connectio
     require_root();
     let netns = TestNetns::create();
     let (drainer, server) = guarded_echo_server(&netns);
-    let mut held: Vec<TcpStream> = (0..20).map(|_| netns.connect(addr()).unwrap()).collect();
-    drainer.signal(Signal::SIGTERM);
-    drainer.wait_for("draining: refusing new connections", Duration::from_secs(5));
+    let mut held = connect_many(&netns, loopback(8000), 20);
+    start_drain(&drainer);
     assert_eq!(
-        netns.connect(addr()).unwrap_err().kind(),
+        netns.connect(loopback(8000)).unwrap_err().kind(),
         ErrorKind::ConnectionRefused
     );
     assert_echoes(&mut held, "while draining");
@@ -89,9 +92,8 @@ fn the_server_crashing_mid_drain_ends_drainer_with_its_status_and_detaches() {
     require_root();
     let netns = TestNetns::create();
     let (mut drainer, server) = guarded_echo_server(&netns);
-    let _held = netns.connect(addr()).unwrap();
-    drainer.signal(Signal::SIGTERM);
-    drainer.wait_for("draining: refusing new connections", Duration::from_secs(5));
+    let _held = netns.connect(loopback(8000)).unwrap();
+    start_drain(&drainer);
 
     kill(server, Signal::SIGSEGV).unwrap();
     let status = drainer.wait(Duration::from_secs(10));
@@ -103,9 +105,9 @@ fn the_server_crashing_mid_drain_ends_drainer_with_its_status_and_detaches() {
     );
 
     // Detached: a new server on the port is reachable at once.
-    let listener = netns.listen(addr());
+    let listener = netns.listen(loopback(8000));
     netns
-        .connect(addr())
+        .connect(loopback(8000))
         .expect("the port still refused connections after drainer exited");
     drop(listener);
 }
@@ -125,21 +127,22 @@ fn a_second_drainer_for_the_same_port_and_namespace_is_refused_and_the_first_kee
             first_socket.to_str().unwrap(),
         ],
     );
-    let listener = netns.listen(addr());
-    let _held = netns.connect(addr()).unwrap();
+    let listener = netns.listen(loopback(8000));
+    let _held = netns.connect(loopback(8000)).unwrap();
 
     let second_socket = dir.path().join("second.sock");
-    let mut command = netns.command(drainer_bin());
-    command
-        .args([
+    let mut command = drainer_command(
+        &netns,
+        &[
             "daemon",
             "--port",
             "9000",
             "--port",
             "8000",
             "--control-socket",
-        ])
-        .arg(&second_socket);
+        ],
+    );
+    command.arg(&second_socket);
     let mut second = Process::spawn("second drainer", command);
     assert_eq!(second.wait(Duration::from_secs(10)).code(), Some(1));
     let refusal = format!(
@@ -163,7 +166,7 @@ fn a_second_drainer_for_the_same_port_and_namespace_is_refused_and_the_first_kee
     assert_eq!(status["state"], "serving");
     assert_eq!(status["live"], 1);
     netns
-        .connect(addr())
+        .connect(loopback(8000))
         .expect("the first drainer stopped accepting");
     drop(listener);
 }
@@ -193,7 +196,7 @@ fn a_full_connection_map_makes_the_count_unknown_and_holds_the_drain_to_its_dead
             "3s",
         ],
     );
-    let mut held = netns.connect(addr()).unwrap();
+    let mut held = netns.connect(loopback(8000)).unwrap();
     assert_eq!(status_json(socket.as_ref())["count_exact"], true);
 
     // Outbound connections from the guarded port each take a record: make a few more than fit.
@@ -245,7 +248,7 @@ fn a_full_connection_map_makes_the_count_unknown_and_holds_the_drain_to_its_dead
     echo(&mut held, b"during the drain").unwrap();
     drop(held);
     assert_eq!(
-        netns.connect(addr()).unwrap_err().kind(),
+        netns.connect(loopback(8000)).unwrap_err().kind(),
         ErrorKind::ConnectionRefused
     );
     let (code, _, stderr) = drainer_client(&["drain", "--wait", "--socket", socket]);

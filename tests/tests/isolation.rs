@@ -1,45 +1,28 @@
 //! What drainer must not touch: other ports, other namespaces; and IPv6 like IPv4.
 use std::{io::ErrorKind, net::SocketAddr, time::Duration};
 
-use drainer_integration::{
-    drainer_run, echo, live_field, netns::TestNetns, python, require_root, script,
+use drainer_harness::{
+    clients::{connect_many, echo, loopback},
+    drainer::{drainer_run, live_field, start_drain},
+    netns::TestNetns,
+    require_root,
+    servers::{echo_server, echo_server_command},
 };
-use nix::sys::signal::Signal;
 
-fn echo_server_args(listen: &[(&str, u16)]) -> Vec<String> {
-    let mut args = vec![
-        python().display().to_string(),
-        script("echo_server.py").display().to_string(),
-    ];
-    for (host, port) in listen {
-        args.push((*host).to_owned());
-        args.push(port.to_string());
-    }
-    args
-}
-
-fn run_args<'a>(ports: &[&'a str], server: &'a [String]) -> Vec<&'a str> {
-    let mut args = Vec::new();
-    for port in ports {
-        args.extend(["--port", port]);
-    }
-    args.extend(["--drain-timeout", "30s", "--"]);
-    args.extend(server.iter().map(String::as_str));
-    args
-}
+/// `drainer run` guards port 8000 alone.
+const GUARD_8000: [&str; 4] = ["--port", "8000", "--drain-timeout", "30s"];
 
 #[test]
 fn ipv6_connections_are_counted_refused_and_kept() {
     require_root();
     let netns = TestNetns::create();
-    let server = echo_server_args(&[("::1", 8000)]);
-    let mut drainer = drainer_run(&netns, &run_args(&["8000"], &server));
+    let server = echo_server_command(&[("::1", 8000)]);
+    let mut drainer = drainer_run(&netns, &GUARD_8000, &server);
     drainer.wait_for("listening", Duration::from_secs(20));
     let addr: SocketAddr = "[::1]:8000".parse().unwrap();
 
-    let mut held: Vec<_> = (0..3).map(|_| netns.connect(addr).unwrap()).collect();
-    drainer.signal(Signal::SIGTERM);
-    let started = drainer.wait_for("draining: refusing new connections", Duration::from_secs(5));
+    let mut held = connect_many(&netns, addr, 3);
+    let started = start_drain(&drainer);
     assert_eq!(live_field(&started.text), 3);
 
     let refused = netns
@@ -58,16 +41,15 @@ fn ipv6_connections_are_counted_refused_and_kept() {
 fn another_port_is_neither_refused_nor_counted() {
     require_root();
     let netns = TestNetns::create();
-    let server = echo_server_args(&[("127.0.0.1", 8000), ("127.0.0.1", 8001)]);
-    let mut drainer = drainer_run(&netns, &run_args(&["8000"], &server));
+    let server = echo_server_command(&[("127.0.0.1", 8000), ("127.0.0.1", 8001)]);
+    let mut drainer = drainer_run(&netns, &GUARD_8000, &server);
     drainer.wait_for("listening", Duration::from_secs(20));
-    let guarded: SocketAddr = "127.0.0.1:8000".parse().unwrap();
-    let other: SocketAddr = "127.0.0.1:8001".parse().unwrap();
+    let guarded = loopback(8000);
+    let other = loopback(8001);
 
     let guarded_stream = netns.connect(guarded).unwrap();
     let mut other_stream = netns.connect(other).unwrap();
-    drainer.signal(Signal::SIGTERM);
-    let started = drainer.wait_for("draining: refusing new connections", Duration::from_secs(5));
+    let started = start_drain(&drainer);
     assert_eq!(
         live_field(&started.text),
         1,
@@ -90,16 +72,15 @@ fn the_same_port_in_another_namespace_is_neither_refused_nor_counted() {
     require_root();
     let guarded_ns = TestNetns::create();
     let other_ns = TestNetns::create();
-    let server = echo_server_args(&[("127.0.0.1", 8000)]);
-    let mut drainer = drainer_run(&guarded_ns, &run_args(&["8000"], &server));
+    let server = echo_server_command(&[("127.0.0.1", 8000)]);
+    let mut drainer = drainer_run(&guarded_ns, &GUARD_8000, &server);
     drainer.wait_for("listening", Duration::from_secs(20));
-    let other_server = drainer_integration::echo_server(&other_ns, &[("127.0.0.1", 8000)]);
-    let addr: SocketAddr = "127.0.0.1:8000".parse().unwrap();
+    let other_server = echo_server(&other_ns, &[("127.0.0.1", 8000)]);
+    let addr = loopback(8000);
 
     let guarded = guarded_ns.connect(addr).unwrap();
-    let mut others: Vec<_> = (0..3).map(|_| other_ns.connect(addr).unwrap()).collect();
-    drainer.signal(Signal::SIGTERM);
-    let started = drainer.wait_for("draining: refusing new connections", Duration::from_secs(5));
+    let mut others = connect_many(&other_ns, addr, 3);
+    let started = start_drain(&drainer);
     assert_eq!(
         live_field(&started.text),
         1,
@@ -129,18 +110,15 @@ fn the_servers_own_outbound_connections_to_the_port_are_neither_counted_nor_refu
     let guarded_ns = TestNetns::create();
     let remote_ns = TestNetns::create();
     let remote = SocketAddr::new(guarded_ns.link_to(&remote_ns), 8000);
-    let _remote_server = drainer_integration::echo_server(&remote_ns, &[("0.0.0.0", 8000)]);
-    let server = echo_server_args(&[("127.0.0.1", 8000)]);
-    let mut drainer = drainer_run(&guarded_ns, &run_args(&["8000"], &server));
+    let _remote_server = echo_server(&remote_ns, &[("0.0.0.0", 8000)]);
+    let server = echo_server_command(&[("127.0.0.1", 8000)]);
+    let mut drainer = drainer_run(&guarded_ns, &GUARD_8000, &server);
     drainer.wait_for("listening", Duration::from_secs(20));
 
     // Outbound from the guarded namespace to another host's port 8000.
     let mut outbound = guarded_ns.connect(remote).unwrap();
-    let inbound = guarded_ns
-        .connect("127.0.0.1:8000".parse().unwrap())
-        .unwrap();
-    drainer.signal(Signal::SIGTERM);
-    let started = drainer.wait_for("draining: refusing new connections", Duration::from_secs(5));
+    let inbound = guarded_ns.connect(loopback(8000)).unwrap();
+    let started = start_drain(&drainer);
     assert_eq!(
         live_field(&started.text),
         1,

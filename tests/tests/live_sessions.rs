@@ -1,9 +1,13 @@
 //! The user's scenario: a real uvicorn serving live WebSocket sessions is stopped mid-stream.
-use std::{io::ErrorKind, net::SocketAddr, time::Duration};
+use std::{io::ErrorKind, time::Duration};
 
-use drainer_integration::{
-    drainer_run, live_app_command, live_session_results, netns::TestNetns, process::Process,
-    python, require_root, script,
+use drainer_harness::{
+    clients::{live_clients, live_session_results, loopback},
+    drainer::{drainer_run, start_drain},
+    netns::TestNetns,
+    process::Process,
+    require_root,
+    servers::{live_app, live_app_command},
 };
 use nix::sys::signal::Signal;
 
@@ -18,38 +22,28 @@ fn lengths() -> Vec<String> {
 }
 
 fn start_sessions(netns: &TestNetns) -> Process {
-    let mut command = netns.command(python());
-    command
-        .arg(script("live_clients.py"))
-        .args(["127.0.0.1", &PORT.to_string()])
-        .args(lengths());
-    let clients = Process::spawn("live_clients", command);
-    clients.wait_for(&format!("connected {SESSIONS}"), Duration::from_secs(30));
+    let clients = live_clients(netns, PORT, &lengths(), Duration::from_secs(30));
     // Every session is now mid-stream: the shortest lasts 1 s.
     std::thread::sleep(Duration::from_millis(200));
     clients
-}
-
-fn addr() -> SocketAddr {
-    format!("127.0.0.1:{PORT}").parse().unwrap()
 }
 
 #[test]
 fn every_live_session_ends_normally_when_uvicorn_is_stopped_under_drainer() {
     require_root();
     let netns = TestNetns::create();
-    let uvicorn = live_app_command(PORT);
-    let mut args = vec!["--port", "8000", "--drain-timeout", "60s", "--"];
-    args.extend(uvicorn.iter().map(String::as_str));
-    let mut drainer = drainer_run(&netns, &args);
+    let mut drainer = drainer_run(
+        &netns,
+        &["--port", "8000", "--drain-timeout", "60s"],
+        &live_app_command(PORT),
+    );
     drainer.wait_for("Uvicorn running on", Duration::from_secs(30));
 
     let mut clients = start_sessions(&netns);
-    drainer.signal(Signal::SIGTERM);
-    drainer.wait_for("draining: refusing new connections", Duration::from_secs(5));
+    start_drain(&drainer);
 
     let refused = netns
-        .connect(addr())
+        .connect(loopback(PORT))
         .expect_err("a connection after the drain started was accepted");
     assert_eq!(refused.kind(), ErrorKind::ConnectionRefused, "{refused}");
 
@@ -81,11 +75,7 @@ fn every_live_session_ends_normally_when_uvicorn_is_stopped_under_drainer() {
 fn without_drainer_uvicorn_closes_live_sessions_with_1012() {
     require_root();
     let netns = TestNetns::create();
-    let uvicorn = live_app_command(PORT);
-    let mut command = netns.command(&uvicorn[0]);
-    command.args(&uvicorn[1..]);
-    let mut server = Process::spawn("uvicorn", command);
-    server.wait_for("Uvicorn running on", Duration::from_secs(30));
+    let mut server = live_app(&netns, PORT);
 
     let mut clients = start_sessions(&netns);
     server.signal(Signal::SIGTERM);

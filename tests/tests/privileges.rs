@@ -2,29 +2,39 @@
 //! runs with — read from /proc/PID/status of the real processes.
 use std::{process::Command, time::Duration};
 
-use drainer_integration::{
-    TempDir,
-    capabilities::{
-        CAP_BPF, CAP_KILL, CAP_NET_ADMIN, CAP_NET_BIND_SERVICE, CAP_PERFMON, CAP_SETGID,
-        CAP_SETPCAP, CAP_SETUID, CAP_SYS_ADMIN, Capability, ProcessPrivileges, mask, only,
-    },
-    drainer_bin, drainer_client, drainer_run, echo_server_command,
+use drainer::system::capabilities::{
+    CAP_BPF, CAP_KILL, CAP_NET_ADMIN, CAP_PERFMON, CAP_SETGID, CAP_SETPCAP, CAP_SETUID,
+    CAP_SYS_ADMIN, Capability,
+};
+use drainer_harness::{
+    capabilities::{ProcessPrivileges, mask, only},
+    drainer::{drainer_client, drainer_command, drainer_run, server_pid},
+    drainer_bin,
     netns::TestNetns,
     process::Process,
-    require_root, server_pid,
+    require_root,
+    servers::echo_server_command,
+    tempdir::TempDir,
 };
 use nix::sys::signal::Signal;
 
 const WITHHELD: [Capability; 4] = [CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_PERFMON];
 
+/// Not one drainer needs, but one a root-started server keeps.
+const CAP_NET_BIND_SERVICE: Capability = Capability {
+    name: "CAP_NET_BIND_SERVICE",
+    bit: 10,
+    why: "binding ports below 1024",
+};
+
 /// A stand-in server that needs no files: it announces itself and waits to be stopped.
-const WAITER: [&str; 4] = ["--", "sh", "-c", "echo listening; exec sleep 60"];
+const WAITER: [&str; 3] = ["sh", "-c", "echo listening; exec sleep 60"];
 
 fn assert_withheld_everywhere(server: &ProcessPrivileges) {
     for (set, bits) in server.sets() {
         for cap in WITHHELD {
             assert_eq!(
-                bits & mask(&[cap]),
+                bits & mask([cap.bit]),
                 0,
                 "the server's {set} set holds {}",
                 cap.name
@@ -38,17 +48,18 @@ fn assert_withheld_everywhere(server: &ProcessPrivileges) {
 fn a_root_started_server_binds_port_80_but_never_holds_drainers_powers() {
     require_root();
     let netns = TestNetns::create();
-    let mut args = vec!["--port", "80", "--"];
-    let server = echo_server_command(&[("127.0.0.1", 80)]);
-    args.extend(server.iter().map(String::as_str));
-    let mut drainer = drainer_run(&netns, &args);
+    let mut drainer = drainer_run(
+        &netns,
+        &["--port", "80"],
+        &echo_server_command(&[("127.0.0.1", 80)]),
+    );
     // The echo server prints this once it has bound port 80.
     drainer.wait_for("listening", Duration::from_secs(20));
 
     let server = ProcessPrivileges::of(server_pid(&drainer).as_raw());
     assert_withheld_everywhere(&server);
     assert_ne!(
-        server.effective & mask(&[CAP_NET_BIND_SERVICE]),
+        server.effective & mask([CAP_NET_BIND_SERVICE.bit]),
         0,
         "the server lost CAP_NET_BIND_SERVICE"
     );
@@ -57,7 +68,7 @@ fn a_root_started_server_binds_port_80_but_never_holds_drainers_powers() {
     let own = ProcessPrivileges::of(drainer.pid().as_raw());
     for (set, bits) in own.sets() {
         assert_eq!(
-            bits & !mask(&[CAP_KILL]),
+            bits & !mask([CAP_KILL.bit]),
             0,
             "drainer's {set} set still holds {bits:#x} after attaching"
         );
@@ -71,9 +82,11 @@ fn a_root_started_server_binds_port_80_but_never_holds_drainers_powers() {
 fn with_user_the_server_runs_as_that_user_with_no_capability_at_all() {
     require_root();
     let netns = TestNetns::create();
-    let mut args = vec!["--port", "8000", "--user", "nobody", "--group", "nogroup"];
-    args.extend(WAITER);
-    let mut drainer = drainer_run(&netns, &args);
+    let mut drainer = drainer_run(
+        &netns,
+        &["--port", "8000", "--user", "nobody", "--group", "nogroup"],
+        &WAITER,
+    );
     drainer.wait_for("listening", Duration::from_secs(20));
 
     let server = ProcessPrivileges::of(server_pid(&drainer).as_raw());
@@ -98,9 +111,11 @@ fn with_user_the_server_runs_as_that_user_with_no_capability_at_all() {
 fn an_unknown_user_is_named() {
     require_root();
     let netns = TestNetns::create();
-    let mut args = vec!["--port", "8000", "--user", "no-such-user-here"];
-    args.extend(WAITER);
-    let mut drainer = drainer_run(&netns, &args);
+    let mut drainer = drainer_run(
+        &netns,
+        &["--port", "8000", "--user", "no-such-user-here"],
+        &WAITER,
+    );
     assert_eq!(drainer.wait(Duration::from_secs(10)).code(), Some(1));
     assert!(
         drainer.output().contains("no user \"no-such-user-here\""),
@@ -127,30 +142,25 @@ struct Mode {
 }
 
 fn limited(mut command: Command, caps: &[Capability]) -> Process {
-    only(&mut command, caps);
-    command.env("DRAINER_LOG", "info");
+    only(&mut command, caps.iter().map(|cap| cap.bit));
     Process::spawn("drainer", command)
 }
 
 fn start_run(netns: &TestNetns, _: &TempDir, caps: &[Capability]) -> Process {
-    let mut command = netns.command(drainer_bin());
-    command.args(["run", "--port", "8000"]).args(WAITER);
+    let mut command = drainer_command(netns, &["run", "--port", "8000", "--"]);
+    command.args(WAITER);
     limited(command, caps)
 }
 
 fn start_run_as_user(netns: &TestNetns, _: &TempDir, caps: &[Capability]) -> Process {
-    let mut command = netns.command(drainer_bin());
-    command
-        .args(["run", "--port", "8000", "--user", "nobody"])
-        .args(WAITER);
+    let mut command = drainer_command(netns, &["run", "--port", "8000", "--user", "nobody", "--"]);
+    command.args(WAITER);
     limited(command, caps)
 }
 
 fn start_daemon(netns: &TestNetns, dir: &TempDir, caps: &[Capability]) -> Process {
-    let mut command = netns.command(drainer_bin());
-    command
-        .args(["daemon", "--port", "8000", "--control-socket"])
-        .arg(dir.path().join("control.sock"));
+    let mut command = drainer_command(netns, &["daemon", "--port", "8000", "--control-socket"]);
+    command.arg(dir.path().join("control.sock"));
     limited(command, caps)
 }
 
@@ -164,7 +174,8 @@ fn start_daemon_for_another_namespace(
         .args(["daemon", "--port", "8000", "--netns"])
         .arg(netns.path())
         .arg("--control-socket")
-        .arg(dir.path().join("control.sock"));
+        .arg(dir.path().join("control.sock"))
+        .env("DRAINER_LOG", "info");
     limited(command, caps)
 }
 

@@ -8,17 +8,20 @@
 use std::{
     env,
     io::ErrorKind,
-    net::{SocketAddr, TcpStream},
+    net::TcpStream,
     sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
-use drainer_integration::{
-    drainer_run, live_app_command, live_field, live_session_results, netns::TestNetns,
-    process::Process, python, require_root, script,
+use drainer_harness::{
+    clients::{live_clients, live_session_results, loopback},
+    drainer::{drainer_run, live_field, start_drain},
+    netns::TestNetns,
+    process::Process,
+    require_root,
+    servers::live_app_command,
 };
-use nix::sys::signal::Signal;
 
 const PORT: u16 = 8000;
 /// New connections attempted per second while each drain runs.
@@ -48,10 +51,6 @@ fn plan() -> Plan {
     }
 }
 
-fn addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], PORT))
-}
-
 /// What the new connections attempted during one drain met.
 #[derive(Debug, Default)]
 struct Knocks {
@@ -67,7 +66,7 @@ fn knock_until(netns: &TestNetns, stop: &AtomicBool) -> Knocks {
         let interval = Duration::from_secs(1) / KNOCKS_PER_SECOND;
         let mut next = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            match TcpStream::connect_timeout(&addr(), Duration::from_secs(1)) {
+            match TcpStream::connect_timeout(&loopback(PORT), Duration::from_secs(1)) {
                 Ok(_) => knocks.accepted += 1,
                 Err(err) if err.kind() == ErrorKind::ConnectionRefused => knocks.refused += 1,
                 Err(err) => knocks.other_errors.push(err.to_string()),
@@ -80,22 +79,14 @@ fn knock_until(netns: &TestNetns, stop: &AtomicBool) -> Knocks {
 }
 
 fn open_sessions(netns: &TestNetns, plan: &Plan) -> Process {
-    let lengths = (0..plan.sessions).map(|i| {
-        // Spread over two seconds, on the app's 50 ms message grid.
-        let seconds = plan.shortest + 2.0 * i as f64 / plan.sessions as f64;
-        format!("{:.2}", (seconds * 20.0).round() / 20.0)
-    });
-    let mut command = netns.command(python());
-    command
-        .arg(script("live_clients.py"))
-        .args(["127.0.0.1", &PORT.to_string()])
-        .args(lengths);
-    let clients = Process::spawn("live_clients", command);
-    clients.wait_for(
-        &format!("connected {}", plan.sessions),
-        Duration::from_secs(120),
-    );
-    clients
+    let lengths: Vec<String> = (0..plan.sessions)
+        .map(|i| {
+            // Spread over two seconds, on the app's 50 ms message grid.
+            let seconds = plan.shortest + 2.0 * i as f64 / plan.sessions as f64;
+            format!("{:.2}", (seconds * 20.0).round() / 20.0)
+        })
+        .collect();
+    live_clients(netns, PORT, &lengths, Duration::from_secs(120))
 }
 
 fn assert_every_session_ended_normally(clients: &mut Process, plan: &Plan, drain: usize) {
@@ -110,16 +101,16 @@ fn assert_every_session_ended_normally(clients: &mut Process, plan: &Plan, drain
 
 /// One deploy: start the server under drainer, open the sessions, stop it, check everything.
 fn drain_once(netns: &TestNetns, plan: &Plan, drain: usize) -> Knocks {
-    let uvicorn = live_app_command(PORT);
-    let mut args = vec!["--port", "8000", "--drain-timeout", "120s", "--"];
-    args.extend(uvicorn.iter().map(String::as_str));
-    let mut drainer = drainer_run(netns, &args);
+    let mut drainer = drainer_run(
+        netns,
+        &["--port", "8000", "--drain-timeout", "120s"],
+        &live_app_command(PORT),
+    );
     drainer.wait_for("Uvicorn running on", Duration::from_secs(30));
     let mut clients = open_sessions(netns, plan);
 
-    drainer.signal(Signal::SIGTERM);
     // Logged once refusing has begun: knocking earlier could still reach the server.
-    let started = drainer.wait_for("draining: refusing new connections", Duration::from_secs(5));
+    let started = start_drain(&drainer);
     let stop = AtomicBool::new(false);
     let knocks = thread::scope(|scope| {
         let knocker = scope.spawn(|| knock_until(netns, &stop));

@@ -8,14 +8,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use drainer::kernel::{Kernel, Netns, SockDiag, Target};
-use drainer_integration::{echo, echo_server, netns::TestNetns, require_root};
+use drainer::kernel::{Kernel, Netns, SocketTable, Target};
+use drainer_harness::{
+    clients::{connect_many, echo, loopback},
+    netns::TestNetns,
+    require_root,
+    servers::echo_server,
+};
 
 const PORT: u16 = 8000;
-
-fn addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], PORT))
-}
 
 fn attach(netns: &TestNetns) -> Kernel {
     let target_netns = Netns::open(netns.path()).unwrap();
@@ -28,7 +29,7 @@ fn attach(netns: &TestNetns) -> Kernel {
 
 /// Live sockets on the port as sock_diag (the `ss` interface) lists them: an independent count.
 fn listed(netns: &TestNetns) -> usize {
-    netns.run(|| SockDiag::open().unwrap().sockets(&[PORT]).unwrap().len())
+    netns.run(|| SocketTable::open().unwrap().sockets(&[PORT]).unwrap().len())
 }
 
 fn live(programs: &Kernel) -> i64 {
@@ -74,14 +75,6 @@ fn reset(stream: TcpStream) {
     assert_eq!(rc, 0, "SO_LINGER");
 }
 
-fn connect_many(netns: &TestNetns, n: usize) -> Vec<TcpStream> {
-    netns.run(|| {
-        (0..n)
-            .map(|_| TcpStream::connect(addr()).unwrap())
-            .collect()
-    })
-}
-
 #[test]
 fn counts_exactly_a_thousand_held_connections() {
     require_root();
@@ -90,7 +83,7 @@ fn counts_exactly_a_thousand_held_connections() {
     let programs = attach(&netns);
     assert_count(&netns, &programs, 0);
 
-    let mut held = connect_many(&netns, 1000);
+    let mut held = connect_many(&netns, loopback(PORT), 1000);
     assert_count(&netns, &programs, 1000);
     for stream in held.iter_mut().step_by(97) {
         echo(stream, b"still here").unwrap();
@@ -113,7 +106,7 @@ fn ten_thousand_connect_close_cycles_at_concurrency_50_end_at_exactly_zero() {
             scope.spawn(|| {
                 netns.run(|| {
                     for _ in 0..200 {
-                        let mut stream = TcpStream::connect(addr()).unwrap();
+                        let mut stream = TcpStream::connect(loopback(PORT)).unwrap();
                         echo(&mut stream, b"ping").unwrap();
                     }
                 })
@@ -128,7 +121,7 @@ fn counts_connections_that_existed_before_tracking_started_and_sees_them_close()
     require_root();
     let netns = TestNetns::create();
     let _server = echo_server(&netns, &[("127.0.0.1", PORT)]);
-    let mut before = connect_many(&netns, 30);
+    let mut before = connect_many(&netns, loopback(PORT), 30);
     for stream in &mut before {
         echo(stream, b"up").unwrap();
     }
@@ -138,7 +131,7 @@ fn counts_connections_that_existed_before_tracking_started_and_sees_them_close()
 
     before.truncate(20);
     assert_count(&netns, &programs, 20);
-    let after = connect_many(&netns, 5);
+    let after = connect_many(&netns, loopback(PORT), 5);
     assert_count(&netns, &programs, 25);
     drop(before);
     assert_count(&netns, &programs, 5);
@@ -152,7 +145,7 @@ fn resets_and_orderly_closes_both_end_a_connection() {
     let netns = TestNetns::create();
     let _server = echo_server(&netns, &[("127.0.0.1", PORT)]);
     let programs = attach(&netns);
-    let mut held = connect_many(&netns, 20);
+    let mut held = connect_many(&netns, loopback(PORT), 20);
     for stream in &mut held {
         echo(stream, b"up").unwrap();
     }
@@ -172,9 +165,9 @@ fn an_outbound_connection_from_the_guarded_port_is_never_counted() {
     require_root();
     let netns = TestNetns::create();
     let _server = echo_server(&netns, &[("127.0.0.1", PORT)]);
-    let other = netns.listen(SocketAddr::from(([127, 0, 0, 1], 9000)));
+    let other = netns.listen(loopback(9000));
     let programs = attach(&netns);
-    let inbound = connect_many(&netns, 3);
+    let inbound = connect_many(&netns, loopback(PORT), 3);
     assert_count(&netns, &programs, 3);
 
     let outbound = netns.run(|| {
@@ -240,14 +233,14 @@ fn attaching_in_the_middle_of_heavy_churn_still_counts_exactly() {
     require_root();
     let netns = TestNetns::create();
     let _server = echo_server(&netns, &[("127.0.0.1", PORT)]);
-    let held = connect_many(&netns, 100);
+    let held = connect_many(&netns, loopback(PORT), 100);
     let stop = AtomicBool::new(false);
     let programs = thread::scope(|scope| {
         for _ in 0..8 {
             scope.spawn(|| {
                 netns.run(|| {
                     while !stop.load(Ordering::Relaxed) {
-                        let mut stream = TcpStream::connect(addr()).unwrap();
+                        let mut stream = TcpStream::connect(loopback(PORT)).unwrap();
                         echo(&mut stream, b"churn").unwrap();
                     }
                 })

@@ -21,7 +21,7 @@ use self::{
 };
 use crate::{
     cli::DrainFlags,
-    kernel::{Count, Counts, DiagSocket, Idleness, Kernel},
+    kernel::{Count, Counts, TableSocket, Idleness, Kernel},
     system::systemd::Systemd,
 };
 
@@ -496,7 +496,7 @@ impl From<Phase> for State {
     }
 }
 
-fn idle_connection(socket: &DiagSocket) -> IdleConnection {
+fn idle_connection(socket: &TableSocket) -> IdleConnection {
     IdleConnection {
         port: socket.local_port,
         peer: socket.peer.to_string(),

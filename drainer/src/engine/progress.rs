@@ -7,7 +7,7 @@ use tracing::{info, warn};
 
 use super::policy::DrainSettings;
 use crate::{
-    kernel::{Count, Counts, DiagSocket, Idleness, Kernel},
+    kernel::{Count, Counts, Idleness, Kernel, TableSocket},
     system::systemd::Systemd,
 };
 
@@ -247,7 +247,7 @@ fn connections_live(count: Count) -> String {
 }
 
 /// `a, b, c` for a log line.
-fn list(connections: &[DiagSocket]) -> String {
+fn list(connections: &[TableSocket]) -> String {
     connections
         .iter()
         .map(ToString::to_string)

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::Result;
 
-use super::{programs::Programs, socket_table::SockDiag};
+use super::{programs::Programs, socket_table::SocketTable};
 
 /// How often the socket table is re-read while draining, once it has replaced the counters.
 const TABLE_RECHECK: Duration = Duration::from_millis(500);
@@ -88,20 +88,20 @@ impl Counts {
 
 /// Reads the count: from the counters while they can be trusted, from the socket table after.
 pub(super) struct Counter {
-    table: SockDiag,
+    table: SocketTable,
     /// When the socket table last gave the count, once it has replaced the counters.
     table_read_at: Cell<Option<Instant>>,
 }
 
 impl Counter {
-    pub(super) fn new(table: SockDiag) -> Self {
+    pub(super) fn new(table: SocketTable) -> Self {
         Self {
             table,
             table_read_at: Cell::new(None),
         }
     }
 
-    pub(super) fn table(&self) -> &SockDiag {
+    pub(super) fn table(&self) -> &SocketTable {
         &self.table
     }
 

@@ -3,7 +3,7 @@
 //! queues — unread, unacknowledged or unsent. Only a drain that releases on idleness asks.
 use std::time::{Duration, Instant};
 
-use super::socket_table::DiagSocket;
+use super::socket_table::TableSocket;
 
 /// How many of the connections still active a report names.
 const ACTIVE_SHOWN: usize = 10;
@@ -15,7 +15,7 @@ pub struct Idleness {
     /// Connections idle for `idle_for` or longer.
     pub idle: usize,
     /// A few of the connections that are not, least idle first.
-    pub active: Vec<DiagSocket>,
+    pub active: Vec<TableSocket>,
     /// All of those.
     pub active_count: usize,
     /// When the first of the active ones could count as idle, if nothing happens on it before:
@@ -35,7 +35,7 @@ impl Idleness {
     }
 
     /// Counts one live connection in, as seen at `now`.
-    pub(super) fn add(&mut self, socket: DiagSocket, now: Instant) {
+    pub(super) fn add(&mut self, socket: TableSocket, now: Instant) {
         let quiet_for = match socket.idle {
             Some(idle) if !socket.queued => idle,
             // Data in a queue, or no TCP info: not idle, and no telling when it will be; at the
@@ -59,8 +59,8 @@ impl Idleness {
 mod tests {
     use super::*;
 
-    fn socket(idle_ms: u64, queued: bool) -> DiagSocket {
-        DiagSocket {
+    fn socket(idle_ms: u64, queued: bool) -> TableSocket {
+        TableSocket {
             local_port: 8000,
             peer: "127.0.0.1:40000".parse().unwrap(),
             idle: Some(Duration::from_millis(idle_ms)),

@@ -32,7 +32,7 @@ pub use self::{
     counts::{Count, Counts},
     idleness::Idleness,
     netns::Netns,
-    socket_table::{DiagSocket, SockDiag},
+    socket_table::{SocketTable, TableSocket},
 };
 
 /// What to guard: ports in one network namespace.
@@ -57,7 +57,7 @@ impl Kernel {
         let claims = claim::claim(target.ports, target.netns)?;
         let programs = Programs::attach(target)?;
         // Opened inside the guarded namespace: the socket table lists that namespace's sockets.
-        let table = target.netns.run_inside(SockDiag::open)?;
+        let table = target.netns.run_inside(SocketTable::open)?;
         let kernel = Self {
             programs,
             counter: Counter::new(table),
@@ -94,7 +94,7 @@ impl Kernel {
     }
 
     /// The `limit` live connections on the ports idle the longest, most idle first.
-    pub fn most_idle(&self, limit: usize) -> Result<Vec<DiagSocket>> {
+    pub fn most_idle(&self, limit: usize) -> Result<Vec<TableSocket>> {
         self.counter.table().most_idle(self.ports(), limit)
     }
 

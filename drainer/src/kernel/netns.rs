@@ -5,14 +5,18 @@
 //! and iterators keep the namespace they were created in after the thread ends.
 use std::{
     fs::{self, File},
-    os::fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     thread,
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use nix::sched::{CloneFlags, setns};
+use nix::{
+    errno::Errno,
+    sched::{CloneFlags, setns},
+    sys::socket::{AddressFamily, SockFlag, SockType, getsockopt, socket},
+};
 
 /// An open handle on a network namespace.
 #[derive(Debug)]
@@ -110,34 +114,48 @@ impl AsFd for Netns {
 }
 
 fn udp_socket() -> Result<OwnedFd> {
-    // SAFETY: plain socket(2); the result is checked before use.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("socket(AF_INET, SOCK_DGRAM)");
-    }
-    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .context("socket(AF_INET, SOCK_DGRAM)")
+}
+
+// nix has no SO_NETNS_COOKIE option; its public sockopt_impl! macro defines one.
+mod sockopt {
+    use nix::{getsockopt_impl, sockopt_impl};
+
+    sockopt_impl!(
+        /// The cookie of the socket's network namespace.
+        NetnsCookie,
+        GetOnly,
+        libc::SOL_SOCKET,
+        libc::SO_NETNS_COOKIE,
+        u64
+    );
 }
 
 fn socket_netns_cookie(socket: BorrowedFd<'_>) -> Result<u64> {
-    let mut cookie = 0u64;
-    let mut len = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: the buffer and its length describe `cookie`.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &raw mut len,
-        )
-    };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::ENOPROTOOPT) {
-            bail!("this kernel has no SO_NETNS_COOKIE socket option (Linux >= 5.14 needed)");
+    match getsockopt(&socket, sockopt::NetnsCookie) {
+        Err(Errno::ENOPROTOOPT) => {
+            bail!("this kernel has no SO_NETNS_COOKIE socket option (Linux >= 5.14 needed)")
         }
-        return Err(err).context("getsockopt(SO_NETNS_COOKIE)");
+        cookie => cookie.context("getsockopt(SO_NETNS_COOKIE)"),
     }
-    Ok(cookie)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cookie is the kernel's, non-zero and the same each time it is read.
+    #[test]
+    fn reads_the_current_namespace_cookie() {
+        let netns = Netns::current().unwrap();
+        let cookie = netns.cookie().unwrap();
+        assert_ne!(cookie, 0);
+        assert_eq!(netns.cookie().unwrap(), cookie);
+    }
 }

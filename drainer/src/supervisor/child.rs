@@ -14,6 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use nix::{
+    errno::Errno,
     sys::{
         signal::{Signal, kill, killpg},
         wait::{WaitPidFlag, WaitStatus, waitpid},
@@ -115,13 +116,11 @@ impl std::fmt::Display for ExitStatus {
 }
 
 fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
+    // libc: nix (0.30, 0.32) has no pidfd_open, and std's PidFd is unstable (linux_pidfd).
     // SAFETY: pidfd_open(2) with no flags; the result is checked.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = Errno::result(unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) })?;
     // SAFETY: a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 #[cfg(test)]

@@ -8,16 +8,19 @@
 //! root-started server legitimately uses (CAP_NET_BIND_SERVICE for port 80, CAP_SETUID to switch
 //! to its own user, …) stays. Run as another user (`--user`), it holds no capability at all.
 //!
-//! The work between fork and exec is raw system calls only: the parent may have other threads,
-//! so the child must not allocate or take locks.
+//! The work between fork and exec is system calls only (nix's thin wrappers among them): the
+//! parent may have other threads, so the child must not allocate or take locks.
 use std::{ffi::CString, io};
 
 use anyhow::{Context as _, Result, bail};
-use nix::unistd::{Gid, Group, Uid, User, getgrouplist};
+use nix::{
+    sys::prctl::set_no_new_privs,
+    unistd::{Gid, Group, Uid, User, getgrouplist, setgroups, setresgid, setresuid},
+};
 
 use crate::system::capabilities::{
-    CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN, Capability, CapabilitySets, check,
-    last_capability,
+    CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN, Capability, CapabilitySets,
+    drop_from_bounding_set, last_capability,
 };
 
 /// The capabilities the server never holds.
@@ -29,7 +32,7 @@ pub struct Identity {
     pub uid: Uid,
     pub gid: Gid,
     /// Supplementary groups, ready for setgroups(2).
-    pub groups: Vec<libc::gid_t>,
+    pub groups: Vec<Gid>,
 }
 
 impl Identity {
@@ -64,11 +67,8 @@ impl Identity {
                     .with_context(|| format!("user name {:?}", entry.name))?;
                 getgrouplist(&name, gid)
                     .with_context(|| format!("listing the groups of {}", entry.name))?
-                    .into_iter()
-                    .map(Gid::as_raw)
-                    .collect()
             }
-            None => vec![gid.as_raw()],
+            None => vec![gid],
         };
         Ok(Self { uid, gid, groups })
     }
@@ -106,34 +106,20 @@ impl ChildPrivileges {
     /// only, no allocation.
     pub fn apply(&self) -> io::Result<()> {
         for &cap in &self.drop {
-            // SAFETY: prctl with integer arguments.
-            check(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) })?;
+            drop_from_bounding_set(cap)?;
         }
-        if let Some(identity) = &self.identity {
-            let groups = &identity.groups;
-            // SAFETY: system calls with valid pointers and lengths.
-            unsafe {
-                check(libc::setgroups(groups.len(), groups.as_ptr()))?;
-                check(libc::setresgid(
-                    identity.gid.as_raw(),
-                    identity.gid.as_raw(),
-                    identity.gid.as_raw(),
-                ))?;
-                // Leaving uid 0 clears the permitted, effective and ambient sets.
-                check(libc::setresuid(
-                    identity.uid.as_raw(),
-                    identity.uid.as_raw(),
-                    identity.uid.as_raw(),
-                ))?;
-            }
+        if let Some(Identity { uid, gid, groups }) = &self.identity {
+            setgroups(groups)?;
+            setresgid(*gid, *gid, *gid)?;
+            // Leaving uid 0 clears the permitted, effective and ambient sets.
+            setresuid(*uid, *uid, *uid)?;
         }
         let mut sets = CapabilitySets::current()?;
         for &cap in &self.drop {
             sets.remove(cap);
         }
         sets.install()?;
-        // SAFETY: prctl with integer arguments.
-        check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
+        Ok(set_no_new_privs()?)
     }
 }
 
@@ -158,7 +144,7 @@ mod tests {
             Identity::resolve("4000000", Some("4000000"))
                 .unwrap()
                 .groups,
-            [4_000_000]
+            [Gid::from_raw(4_000_000)]
         );
     }
 }

@@ -3,6 +3,7 @@
 use std::{fs, io};
 
 use anyhow::{Context as _, Result, bail};
+use nix::errno::Errno;
 
 /// A Linux capability drainer may need, with the reason it needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,13 +79,6 @@ fn effective_set(status: &str) -> Option<u64> {
     u64::from_str_radix(hex.trim(), 16).ok()
 }
 
-pub fn check(result: libc::c_int) -> io::Result<()> {
-    if result < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// The highest capability number the running kernel knows.
 pub fn last_capability() -> Result<u32> {
     let text = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
@@ -94,7 +88,17 @@ pub fn last_capability() -> Result<u32> {
         .with_context(|| format!("/proc/sys/kernel/cap_last_cap holds {text:?}"))
 }
 
+/// Removes `cap` from the bounding set, so no exec can bring it back; needs CAP_SETPCAP. Makes
+/// no allocation: usable between fork and exec.
+pub fn drop_from_bounding_set(cap: u32) -> nix::Result<()> {
+    // libc: nix has no PR_CAPBSET_DROP wrapper.
+    // SAFETY: prctl with integer arguments.
+    Errno::result(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) })
+        .map(drop)
+}
+
 /// The effective, permitted and inheritable sets, as capget(2) and capset(2) exchange them.
+// Not the `caps` crate: this runs between fork and exec, where its HashSets would allocate.
 pub struct CapabilitySets {
     data: [CapData; 2],
 }
@@ -123,8 +127,8 @@ impl CapabilitySets {
         };
         let mut data = [CapData::default(); 2];
         // SAFETY: capget with a version-3 header and room for its two data words.
-        check(unsafe {
-            libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) as libc::c_int
+        Errno::result(unsafe {
+            libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr())
         })?;
         Ok(Self { data })
     }
@@ -153,9 +157,10 @@ impl CapabilitySets {
             pid: 0,
         };
         // SAFETY: capset with a version-3 header and its two data words.
-        check(unsafe {
-            libc::syscall(libc::SYS_capset, &raw mut header, self.data.as_ptr()) as libc::c_int
-        })
+        Errno::result(unsafe {
+            libc::syscall(libc::SYS_capset, &raw mut header, self.data.as_ptr())
+        })?;
+        Ok(())
     }
 }
 
@@ -169,8 +174,7 @@ pub fn keep_only(kept: &[Capability]) -> Result<()> {
     // is thoroughness, done when drainer holds CAP_SETPCAP (as root does) and skipped otherwise.
     if sets.effective(CAP_SETPCAP.bit) {
         for cap in (0..=last).filter(|&cap| !kept(cap)) {
-            // SAFETY: prctl with integer arguments.
-            check(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) })
+            drop_from_bounding_set(cap)
                 .with_context(|| format!("dropping capability {cap} from the bounding set"))?;
         }
     }

@@ -1,28 +1,29 @@
-//! Capabilities as the tests set and read them: a command limited to a chosen set, and the sets a
-//! running process holds, from /proc/PID/status.
-use std::{io, os::unix::process::CommandExt as _, process::Command};
+//! Capabilities by bit number: a command limited to a chosen set; the sets a process holds.
+//!
+//! The sets are read from /proc/PID/status. Which capability drainer needs for what is drainer's
+//! to say (`drainer::system::capabilities`); the tests pass its bit numbers here.
+use std::{fs, io, os::unix::process::CommandExt as _, process::Command};
 
-pub use drainer::system::capabilities::{
-    CAP_BPF, CAP_KILL, CAP_NET_ADMIN, CAP_PERFMON, CAP_SETGID, CAP_SETPCAP, CAP_SETUID,
-    CAP_SYS_ADMIN, Capability, last_capability,
-};
-
-/// Not one drainer needs, but one a root-started server keeps.
-pub const CAP_NET_BIND_SERVICE: Capability = Capability {
-    name: "CAP_NET_BIND_SERVICE",
-    bit: 10,
-    why: "binding ports below 1024",
-};
-
-pub fn mask(caps: &[Capability]) -> u64 {
-    caps.iter().fold(0, |mask, cap| mask | 1 << cap.bit)
+/// The set holding exactly `bits`, as /proc/PID/status shows sets.
+pub fn mask(bits: impl IntoIterator<Item = u32>) -> u64 {
+    bits.into_iter().fold(0, |mask, bit| mask | 1 << bit)
 }
 
-/// Makes `command` (run as root) start with exactly `caps`: everything else leaves the bounding
-/// set before exec, and exec grants root what the bounding set holds.
-pub fn only(command: &mut Command, caps: &[Capability]) {
-    let dropped: Vec<u32> = (0..=last_capability().expect("cap_last_cap"))
-        .filter(|&bit| caps.iter().all(|cap| cap.bit != bit))
+/// The highest capability this kernel knows.
+fn last_capability() -> u32 {
+    fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .expect("reading /proc/sys/kernel/cap_last_cap")
+        .trim()
+        .parse()
+        .expect("a number in /proc/sys/kernel/cap_last_cap")
+}
+
+/// Makes `command` (run as root) start with exactly the capabilities `keep`: everything else
+/// leaves the bounding set before exec, and exec grants root what the bounding set holds.
+pub fn only(command: &mut Command, keep: impl IntoIterator<Item = u32>) {
+    let keep = mask(keep);
+    let dropped: Vec<u32> = (0..=last_capability())
+        .filter(|&bit| keep & 1 << bit == 0)
         .collect();
     // SAFETY: prctl only, between fork and exec; `dropped` was built before the fork.
     unsafe {
@@ -54,7 +55,7 @@ pub struct ProcessPrivileges {
 
 impl ProcessPrivileges {
     pub fn of(pid: i32) -> Self {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        let status = fs::read_to_string(format!("/proc/{pid}/status"))
             .unwrap_or_else(|err| panic!("reading /proc/{pid}/status: {err}"));
         let field = |name: &str| {
             status

@@ -1,7 +1,9 @@
-//! Making this kernel look like an older one to a single process: a seccomp user-notification
-//! filter traps the process's bpf(2) calls, and a supervisor thread in the test answers
-//! BPF_PROG_LOAD of one program type with EINVAL — what a kernel without that type answers — and
-//! lets every other call through to the real kernel. Nothing else on the machine is affected.
+//! A seccomp trap that makes bpf(2) answer one process as an older kernel would.
+//!
+//! A seccomp user-notification filter traps the process's bpf(2) calls, and a supervisor thread in
+//! the test answers BPF_PROG_LOAD of one program type with EINVAL — what a kernel without that
+//! type answers — and lets every other call through to the real kernel. Nothing else on the
+//! machine is affected.
 use std::{
     io,
     os::{fd::FromRawFd as _, fd::OwnedFd, unix::process::CommandExt as _},
@@ -122,6 +124,7 @@ fn bpf_syscall_filter() -> [libc::sock_filter; 6] {
 }
 
 fn fetch_listener(pid: u32) -> io::Result<OwnedFd> {
+    // Raw system calls: nix has neither pidfd_open nor pidfd_getfd, and std's PidFd is unstable.
     // SAFETY: raw syscalls; results checked.
     unsafe {
         let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);

@@ -1,4 +1,4 @@
-//! Child processes whose output a test reads line by line while they run.
+//! Child processes whose output a test reads line by line as they run, stamped with the clock.
 use std::{
     io::{BufRead as _, BufReader, Read},
     process::{Child, Command, ExitStatus, Stdio},
@@ -12,7 +12,12 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::monotonic_now;
+/// CLOCK_MONOTONIC in seconds: the clock [`Line::at`] is read on, and the one Python's
+/// `time.monotonic` reads.
+pub fn monotonic_now() -> f64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock_gettime");
+    now.tv_sec() as f64 + now.tv_nsec() as f64 / 1e9
+}
 
 /// A line of output and the CLOCK_MONOTONIC time it was read.
 #[derive(Clone, Debug)]

@@ -1,5 +1,4 @@
-//! A throwaway network namespace per test, so tests run in parallel without touching the host's
-//! ports.
+//! A throwaway network namespace per test: tests run in parallel and never touch the host's ports.
 use std::{
     fs::File,
     io,

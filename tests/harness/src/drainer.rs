@@ -1,0 +1,88 @@
+//! The drainer binary under test: `run`, `daemon` and the client commands, their logs and status.
+use std::{ffi::OsStr, path::Path, process::Command, time::Duration};
+
+use nix::{sys::signal::Signal, unistd::Pid};
+
+use crate::{
+    drainer_bin,
+    netns::TestNetns,
+    process::{Line, Process},
+};
+
+/// `drainer ARGS` inside `netns`, logging at info, not started yet.
+pub fn drainer_command(netns: &TestNetns, args: &[&str]) -> Command {
+    let mut command = netns.command(drainer_bin());
+    command.args(args).env("DRAINER_LOG", "info");
+    command
+}
+
+/// `drainer run OPTIONS -- SERVER...` inside `netns`.
+pub fn drainer_run(netns: &TestNetns, options: &[&str], server: &[impl AsRef<OsStr>]) -> Process {
+    let mut command = drainer_command(netns, &["run"]);
+    command.args(options).arg("--").args(server);
+    Process::spawn("drainer", command)
+}
+
+/// `drainer daemon ARGS` inside `netns`, once its control socket is up.
+pub fn drainer_daemon(netns: &TestNetns, args: &[&str]) -> Process {
+    let mut command = drainer_command(netns, &["daemon"]);
+    command.args(args);
+    let daemon = Process::spawn("drainer daemon", command);
+    daemon.wait_for("control socket", Duration::from_secs(20));
+    daemon
+}
+
+/// Runs a drainer client command (`status`, `drain`, ...) to completion: (exit code, stdout, stderr).
+pub fn drainer_client(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(drainer_bin())
+        .args(args)
+        .output()
+        .expect("run drainer");
+    (
+        output.status.code().expect("the client died of a signal"),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `drainer status --json` through `socket`.
+pub fn status_json(socket: &Path) -> serde_json::Value {
+    let (code, stdout, stderr) =
+        drainer_client(&["status", "--json", "--socket", socket.to_str().unwrap()]);
+    assert_eq!(code, 0, "drainer status failed: {stderr}");
+    serde_json::from_str(&stdout).expect("status JSON")
+}
+
+/// Sends SIGTERM to `drainer run`; returns the line that says the drain began (refusing).
+pub fn start_drain(drainer: &Process) -> Line {
+    drainer.signal(Signal::SIGTERM);
+    drainer.wait_for("draining: refusing new connections", Duration::from_secs(5))
+}
+
+/// The pid of the server `drainer run` started, from its "started … pid=N" log line.
+pub fn server_pid(drainer: &Process) -> Pid {
+    drainer
+        .wait_for_match(
+            |line| line.contains("started") && line.contains("pid="),
+            Duration::from_secs(5),
+        )
+        .and_then(|line| {
+            line.text
+                .split("pid=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .map(Pid::from_raw)
+        .expect("drainer logged no server pid")
+}
+
+/// The `live=N` field of a drainer log line.
+pub fn live_field(line: &str) -> i64 {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix("live="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no live=N in {line:?}"))
+}

@@ -1,0 +1,67 @@
+//! Starts drainer, real servers and real clients on this machine's kernel, each test inside a
+//! network namespace of its own; the integration tests (`tests/tests`) and the benchmarks
+//! (`bench`) both run on it.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`drainer`] | `drainer run`, `drainer daemon` and the client commands; their logs and status |
+//! | [`servers`] | the servers drainer guards: echo server, uvicorn live app, signal server |
+//! | [`clients`] | the clients: addresses, connections, echo, live WebSocket sessions, HTTP |
+//! | [`netns`] | a throwaway network namespace per test |
+//! | [`process`] | child processes whose output is read line by line, stamped with the clock |
+//! | [`capabilities`] | commands limited to chosen capabilities; the sets a process holds |
+//! | [`old_kernel`] | a seccomp trap that makes bpf(2) answer as an older kernel would |
+//! | [`tempdir`] | a private directory per test |
+//!
+//! The tests need root (they load eBPF programs and create namespaces). Without it they fail with
+//! a message saying so; they never skip.
+pub mod capabilities;
+pub mod clients;
+pub mod drainer;
+pub mod netns;
+pub mod old_kernel;
+pub mod process;
+pub mod servers;
+pub mod tempdir;
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+};
+
+/// Fails the test unless it runs as root.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "integration tests load eBPF programs and create network namespaces: run them as root (`sudo ./x test`)"
+    );
+}
+
+/// The drainer binary under test (`./x test` builds it and sets DRAINER_BIN).
+pub fn drainer_bin() -> PathBuf {
+    let path = env::var_os("DRAINER_BIN")
+        .map(PathBuf::from)
+        .expect("DRAINER_BIN is not set: run the integration tests through `./x test`");
+    assert!(
+        path.exists(),
+        "DRAINER_BIN={} does not exist",
+        path.display()
+    );
+    path
+}
+
+/// The virtualenv python with uvicorn, FastAPI and websockets (`./x test` sets it up).
+pub fn python() -> PathBuf {
+    env::var_os("DRAINER_TEST_PYTHON")
+        .map(PathBuf::from)
+        .expect("DRAINER_TEST_PYTHON is not set: run the integration tests through `./x test`")
+}
+
+/// A helper script under tests/python (this crate is tests/harness).
+pub fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/harness has a parent")
+        .join("python")
+        .join(name)
+}
