@@ -46,7 +46,9 @@ pub enum Reply {
     Released(Status),
     /// The drain being waited for was resumed before release.
     Resumed(Status),
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 /// Parses one request line.
@@ -72,7 +74,11 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     {
         in_range("timeout_seconds", timeout_seconds, false)?;
         in_range("accept_for_seconds", accept_for_seconds, true)?;
-        in_range("release_when_idle_seconds", release_when_idle_seconds, false)?;
+        in_range(
+            "release_when_idle_seconds",
+            release_when_idle_seconds,
+            false,
+        )?;
     }
     Ok(request)
 }

@@ -21,7 +21,7 @@ use self::{
 };
 use crate::{
     cli::DrainFlags,
-    kernel::{Count, Counts, TableSocket, Idleness, Kernel},
+    kernel::{Count, Counts, Idleness, Kernel, TableSocket},
     system::systemd::Systemd,
 };
 
@@ -303,7 +303,10 @@ impl Engine {
                     self.window = None;
                     self.idleness = None;
                     let live = self.count()?.live;
-                    info!(live, "resumed: accepting new connections again; {live} live");
+                    info!(
+                        live,
+                        "resumed: accepting new connections again; {live} live"
+                    );
                     self.progress
                         .systemd()
                         .status(&format!("serving: {live} live"));
@@ -318,17 +321,19 @@ impl Engine {
 
     fn start_draining(&mut self) -> Result<()> {
         // Flip first, read after: a close in between then either shows in the count or arrives
-        // as an event.
+        // as an event. A drain without an accept window refuses from this instant too, before
+        // its start is announced.
         self.kernel.start_draining()?;
+        if let Phase::Draining { refusing: true, .. } = self.phase() {
+            self.kernel.start_refusing()?;
+        }
         let counts = self.counts()?;
         let now = Instant::now();
         self.live_at_start = Some(counts.total().live);
         self.drains_started += 1;
         self.idleness = None;
         let Phase::Draining {
-            deadline,
-            settings,
-            ..
+            deadline, settings, ..
         } = self.phase()
         else {
             return Ok(());
@@ -355,7 +360,10 @@ impl Engine {
                 "drained: no live connections; releasing the server"
             ),
             ReleaseReason::Idle => {
-                let idle_for = self.idleness.as_ref().map_or(0.0, |i| i.idle_for.as_secs_f64());
+                let idle_for = self
+                    .idleness
+                    .as_ref()
+                    .map_or(0.0, |i| i.idle_for.as_secs_f64());
                 info!(
                     live = count.live,
                     "drained: the {} connection(s) left have all been idle for {idle_for:.1}s or \
@@ -442,7 +450,10 @@ impl Engine {
             Phase::Released { .. } => (true, None, None),
             Phase::Serving => (false, None, None),
         };
-        let idleness = self.idleness.as_ref().filter(|_| release_when_idle.is_some());
+        let idleness = self
+            .idleness
+            .as_ref()
+            .filter(|_| release_when_idle.is_some());
         let most_idle = if with_connections {
             self.kernel
                 .most_idle(STATUS_MOST_IDLE)?

@@ -239,7 +239,11 @@ impl Drain {
                     ..
                 },
                 _,
-            ) => Some(if refusing { deadline } else { refuse_at.min(deadline) }),
+            ) => Some(if refusing {
+                deadline
+            } else {
+                refuse_at.min(deadline)
+            }),
             (Phase::Released { at, .. }, Some(kill_after)) if !self.killed => Some(at + kill_after),
             _ => None,
         }
@@ -249,7 +253,12 @@ impl Drain {
     /// caller reads the count and passes it to [`Drain::on_count`], as at the drain's start.
     pub fn on_timer(&mut self, now: Instant) -> Vec<Step> {
         match (self.phase, self.kill_after) {
-            (Phase::Draining { deadline, refusing, .. }, _) if now >= deadline => {
+            (
+                Phase::Draining {
+                    deadline, refusing, ..
+                },
+                _,
+            ) if now >= deadline => {
                 let mut steps = Vec::new();
                 if !refusing {
                     steps.push(self.start_refusing());
@@ -583,7 +592,11 @@ mod tests {
         count(&mut drain, 0, t0);
         assert!(matches!(drain.phase(), Phase::Released { .. }));
         assert_eq!(drain.on_resume(), Ok(Step::Resume));
-        assert_eq!(drain.on_drain_request(REFUSE_AT_ONCE, t0), START, "drains again");
+        assert_eq!(
+            drain.on_drain_request(REFUSE_AT_ONCE, t0),
+            START,
+            "drains again"
+        );
     }
 
     #[test]
