@@ -93,6 +93,8 @@ pub struct Engine {
     drains_started: u64,
     deadline_hits: u64,
     window: Option<AcceptWindow>,
+    /// How the drain under way (or the last one) runs.
+    settings: Option<DrainSettings>,
     /// The live connections against the drain's idle threshold, when last looked at.
     idleness: Option<Idleness>,
     /// Time drainer will still need after release (the child's `--kill-after`), for systemd.
@@ -111,6 +113,7 @@ impl Engine {
             drains_started: 0,
             deadline_hits: 0,
             window: None,
+            settings: None,
             idleness: None,
             after_release,
             changes: watch::Sender::new(0),
@@ -338,6 +341,7 @@ impl Engine {
         else {
             return Ok(());
         };
+        self.settings = Some(settings);
         self.window = (!settings.accept_for.is_zero()).then_some(AcceptWindow {
             opened_at_start: counts.opened(),
             opened: counts.opened(),
@@ -399,7 +403,7 @@ impl Engine {
         let Phase::Released { started, at, .. } = self.phase() else {
             return Ok(());
         };
-        if self.drain.defaults().release_when_idle.is_some() {
+        if self.settings.is_some_and(|s| s.release_when_idle.is_some()) {
             return Ok(());
         }
         let idleness = self.kernel.idleness(at - started, at)?;
