@@ -12,11 +12,14 @@ pub mod protocol;
 pub const MAX_PORTS: u32 = 64;
 
 /// Indices in the `SWITCHES` array, each 0 or 1, written by userspace.
-/// Draining: new connections to the guarded ports are refused.
+/// Draining: count changes are announced through the `EVENTS` ring buffer.
 pub const SWITCH_DRAINING: u32 = 0;
 /// Seeded: the start-up sweep of existing connections has finished.
 pub const SWITCH_SEEDED: u32 = 1;
-pub const SWITCH_COUNT: u32 = 2;
+/// Refusing: new connections to the guarded ports are refused. Set after `SWITCH_DRAINING`, at
+/// once or when the drain's accept window ends.
+pub const SWITCH_REFUSING: u32 = 2;
+pub const SWITCH_COUNT: u32 = 3;
 
 /// `TCP_*` states from include/net/tcp_states.h that the programs tell apart.
 pub const TCP_ESTABLISHED: u8 = 1;

@@ -1,5 +1,5 @@
 //! The control socket's protocol: one JSON request per connection — `status`, `drain`
-//! (optionally waiting), `wait`, `release` — answered by JSON lines, with the limits the daemon
+//! (optionally waiting), `wait`, `release`, `resume` — answered by JSON lines, with the limits the daemon
 //! reads requests under, and the status record every report is made of.
 use std::time::Duration;
 
@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 pub const MAX_REQUEST: usize = 4096;
 /// How long the daemon waits for a request line.
 pub const REQUEST_TIME: Duration = Duration::from_secs(5);
-/// The longest drain deadline a request may ask for.
-const MAX_TIMEOUT_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
+/// The longest duration a request may ask for (deadline, accept window, idle time).
+const MAX_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
 
 #[derive(Debug, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
@@ -21,11 +21,21 @@ pub enum Request {
         #[serde(default)]
         wait: bool,
         /// This drain's deadline, if it starts it; the daemon's `--drain-timeout` otherwise.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout_seconds: Option<f64>,
+        /// How long this drain still accepts new connections; the daemon's `--accept-for`
+        /// otherwise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        accept_for_seconds: Option<f64>,
+        /// Release once every connection left has been idle this long; the daemon's
+        /// `--release-when-idle` otherwise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        release_when_idle_seconds: Option<f64>,
     },
     Wait {},
     Release {},
+    /// End a drain a request started, and serve again.
+    Resume {},
 }
 
 #[derive(Debug, PartialEq, Deserialize, Serialize)]
@@ -34,7 +44,11 @@ pub enum Reply {
     Status(Status),
     Progress(Status),
     Released(Status),
-    Error { message: String },
+    /// The drain being waited for was resumed before release.
+    Resumed(Status),
+    Error {
+        message: String,
+    },
 }
 
 /// Parses one request line.
@@ -52,16 +66,38 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         format!("bad request ({err}); send one JSON line such as {{\"command\":\"status\"}}")
     })?;
     if let Request::Drain {
-        timeout_seconds: Some(seconds),
+        timeout_seconds,
+        accept_for_seconds,
+        release_when_idle_seconds,
         ..
     } = request
-        && !(seconds > 0.0 && seconds <= MAX_TIMEOUT_SECONDS)
     {
-        return Err(format!(
-            "timeout_seconds must be in (0, {MAX_TIMEOUT_SECONDS}]"
-        ));
+        in_range("timeout_seconds", timeout_seconds, false)?;
+        in_range("accept_for_seconds", accept_for_seconds, true)?;
+        in_range(
+            "release_when_idle_seconds",
+            release_when_idle_seconds,
+            false,
+        )?;
     }
     Ok(request)
+}
+
+/// `field` is absent, or a duration in (0, [`MAX_SECONDS`]] — [0, …] when `zero_allowed`.
+fn in_range(field: &str, seconds: Option<f64>, zero_allowed: bool) -> Result<(), String> {
+    let Some(seconds) = seconds else {
+        return Ok(());
+    };
+    let low_ok = if zero_allowed {
+        seconds >= 0.0
+    } else {
+        seconds > 0.0
+    };
+    if low_ok && seconds <= MAX_SECONDS {
+        return Ok(());
+    }
+    let open = if zero_allowed { '[' } else { '(' };
+    Err(format!("{field} must be in {open}0, {MAX_SECONDS}]"))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +124,8 @@ impl State {
 pub enum Outcome {
     /// The live count reached zero.
     Drained,
+    /// Every connection left had been idle for the drain's release-when-idle duration.
+    DrainedToIdle,
     /// The deadline passed with connections still live.
     DeadlinePassed,
     /// Released early: a second stop signal or `drainer release`.
@@ -137,6 +175,25 @@ pub struct Status {
     /// requests only).
     #[serde(default)]
     pub most_idle: Vec<IdleConnection>,
+    /// New connections are refused (false while serving and during a drain's accept window).
+    #[serde(default)]
+    pub refusing: bool,
+    /// Seconds until refusal starts, during a drain's accept window.
+    #[serde(default)]
+    pub accept_window_left_seconds: Option<f64>,
+    /// The idle duration this drain releases at, if it releases on idleness.
+    #[serde(default)]
+    pub release_when_idle_seconds: Option<f64>,
+    /// Live connections idle for that long, while such a drain refuses.
+    #[serde(default)]
+    pub idle_live: Option<i64>,
+    /// A few of the live connections that are not idle — those holding such a drain —, least
+    /// idle first.
+    #[serde(default)]
+    pub active: Vec<IdleConnection>,
+    /// Drains started since drainer started; a waiter tells its drain from a later one by it.
+    #[serde(default)]
+    pub drains_started: u64,
 }
 
 #[cfg(test)]
@@ -153,14 +210,18 @@ mod tests {
             parse_request(b"{\"command\":\"drain\",\"wait\":true,\"timeout_seconds\":30}\n"),
             Ok(Request::Drain {
                 wait: true,
-                timeout_seconds: Some(30.0)
+                timeout_seconds: Some(30.0),
+                accept_for_seconds: None,
+                release_when_idle_seconds: None,
             })
         );
         assert_eq!(
             parse_request(b"{\"command\":\"drain\"}"),
             Ok(Request::Drain {
                 wait: false,
-                timeout_seconds: None
+                timeout_seconds: None,
+                accept_for_seconds: None,
+                release_when_idle_seconds: None,
             })
         );
         assert_eq!(
@@ -170,6 +231,21 @@ mod tests {
         assert_eq!(
             parse_request(b"{\"command\":\"release\"}"),
             Ok(Request::Release {})
+        );
+        assert_eq!(
+            parse_request(b"{\"command\":\"resume\"}"),
+            Ok(Request::Resume {})
+        );
+        assert_eq!(
+            parse_request(
+                b"{\"command\":\"drain\",\"accept_for_seconds\":0,\"release_when_idle_seconds\":3}"
+            ),
+            Ok(Request::Drain {
+                wait: false,
+                timeout_seconds: None,
+                accept_for_seconds: Some(0.0),
+                release_when_idle_seconds: Some(3.0),
+            })
         );
     }
 
@@ -184,6 +260,9 @@ mod tests {
             b"{\"command\":\"drain\",\"wait\":\"yes\"}",
             b"{\"command\":\"drain\",\"timeout_seconds\":-1}",
             b"{\"command\":\"drain\",\"timeout_seconds\":1e300}",
+            b"{\"command\":\"drain\",\"accept_for_seconds\":-1}",
+            b"{\"command\":\"drain\",\"release_when_idle_seconds\":0}",
+            b"{\"command\":\"resume\",\"now\":true}",
             b"[\"status\"]",
             b"\xff\xfe",
             b"{\"command\":\"status\"",

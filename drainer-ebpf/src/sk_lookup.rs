@@ -13,7 +13,7 @@ use aya_log_ebpf::debug;
 
 use crate::{
     ports,
-    tracking::{count_refused, draining},
+    tracking::{count_refused, refusing},
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -24,7 +24,7 @@ const SK_PASS: u32 = 1;
 pub fn refuse_while_draining(ctx: SkLookupContext) -> u32 {
     // SAFETY: the kernel passes a valid context.
     let lookup = unsafe { &*ctx.lookup };
-    if lookup.protocol != IPPROTO_TCP || !draining() {
+    if lookup.protocol != IPPROTO_TCP || !refusing() {
         return SK_PASS;
     }
     let port = lookup.local_port as u16;

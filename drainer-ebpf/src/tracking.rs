@@ -26,7 +26,7 @@ use aya_ebpf::{
 };
 use drainer_common::{
     Event, EventKind, LIVE_TCP_STATES, MAX_PORTS, PortCounters, SWITCH_COUNT, SWITCH_DRAINING,
-    SWITCH_SEEDED,
+    SWITCH_REFUSING, SWITCH_SEEDED,
 };
 
 use crate::{
@@ -72,8 +72,12 @@ fn switch(index: u32) -> bool {
     SWITCHES.get(index).is_some_and(|v| *v != 0)
 }
 
-pub fn draining() -> bool {
+fn draining() -> bool {
     switch(SWITCH_DRAINING)
+}
+
+pub fn refusing() -> bool {
+    switch(SWITCH_REFUSING)
 }
 
 fn seeded() -> bool {

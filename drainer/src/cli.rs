@@ -26,12 +26,16 @@ pub enum Command {
     /// Guard ports for a server drainer does not start (a sidecar, a systemd companion); drain on
     /// SIGTERM/SIGINT or on request.
     Daemon(DaemonArgs),
-    /// Ask the daemon to start draining (exit 0 drained, 3 deadline passed, 4 released early).
+    /// Ask the daemon to start draining (exit 0 drained, 3 deadline passed, 4 released early,
+    /// 5 resumed).
     Drain(DrainArgs),
     /// Show the daemon's state, live count and most idle connections.
     Status(StatusArgs),
     /// Release now, whatever the live count.
     Release(SocketArg),
+    /// End a drain started by `drainer drain` (or HTTP /drain) and serve again: refusal stops,
+    /// readiness returns, waiters are told (exit 5).
+    Resume(SocketArg),
 }
 
 #[derive(Debug, Args)]
@@ -41,9 +45,8 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
 
-    /// How long to wait for live connections to close before releasing the server anyway.
-    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = parse_duration)]
-    pub drain_timeout: Duration,
+    #[command(flatten)]
+    pub drain: DrainFlags,
 
     /// After releasing the server, how long it may take to exit before its process group is
     /// sent SIGKILL.
@@ -63,6 +66,25 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
+/// How a drain runs, for `run` and `daemon`.
+#[derive(Debug, Args)]
+pub struct DrainFlags {
+    /// How long to wait for live connections to close before releasing the server anyway.
+    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// After the drain starts (readiness fails at once), keep accepting new connections for this
+    /// long, while load balancers and endpoint updates catch up; refuse them after it. The
+    /// server is not released before it ends.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub accept_for: Duration,
+
+    /// Release once every live connection left has been idle this long (no payload either way,
+    /// nothing queued): idle pooled connections are left to the server's own shutdown.
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub release_when_idle: Option<Duration>,
+}
+
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("release_target").multiple(false))]
 pub struct DaemonArgs {
@@ -75,9 +97,8 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "PATH")]
     pub netns: Option<PathBuf>,
 
-    /// How long to wait for live connections to close before releasing anyway.
-    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = parse_duration)]
-    pub drain_timeout: Duration,
+    #[command(flatten)]
+    pub drain: DrainFlags,
 
     /// The control socket for `drainer drain`, `status` and `release`.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
@@ -126,6 +147,15 @@ pub struct DrainArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
 
+    /// This drain's accept window (default: the daemon's --accept-for).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub accept_for: Option<Duration>,
+
+    /// Release this drain once every connection left has been idle this long (default: the
+    /// daemon's --release-when-idle).
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub release_when_idle: Option<Duration>,
+
     #[command(flatten)]
     pub socket: SocketArg,
 }
@@ -168,6 +198,15 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|err| format!("{err}: write a duration such as 300s, 5m or 1h30m"))
 }
 
+/// As [`parse_duration`], more than zero.
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.is_zero() {
+        return Err("must be more than zero: write a duration such as 3s".to_owned());
+    }
+    Ok(duration)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,7 +225,9 @@ mod tests {
             panic!("not run")
         };
         assert_eq!(run.ports, [8000, 9000]);
-        assert_eq!(run.drain_timeout, Duration::from_secs(300));
+        assert_eq!(run.drain.drain_timeout, Duration::from_secs(300));
+        assert_eq!(run.drain.accept_for, Duration::ZERO);
+        assert_eq!(run.drain.release_when_idle, None);
         assert_eq!(run.kill_after, Duration::from_secs(30));
         assert_eq!(run.command, ["uvicorn", "app:app"]);
     }
@@ -246,6 +287,9 @@ mod tests {
             &["daemon", "--port", "80", "--release-signal", "SIGNOPE"],
             &["daemon", "--port", "80", "--http-token-file", "/t"],
             &["drain", "--timeout", "forever"],
+            &["drain", "--release-when-idle", "0s"],
+            &["daemon", "--port", "80", "--accept-for", "soon"],
+            &["resume", "--now"],
         ] {
             assert!(parse(args).is_err(), "{args:?} was accepted");
         }

@@ -9,12 +9,15 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use drainer_common::protocol::{Outcome, Reply, Request, Status};
+use drainer_common::protocol::{IdleConnection, Outcome, Reply, Request, Status};
+
+use crate::cli::DrainArgs;
 
 /// `drainer drain --wait` exit codes.
 pub const EXIT_DRAINED: i32 = 0;
 pub const EXIT_DEADLINE: i32 = 3;
 pub const EXIT_RELEASED_EARLY: i32 = 4;
+pub const EXIT_RESUMED: i32 = 5;
 
 struct Connection {
     reader: BufReader<UnixStream>,
@@ -75,13 +78,25 @@ pub fn release(socket: &Path) -> Result<i32> {
     Ok(0)
 }
 
-pub fn drain(socket: &Path, wait: bool, timeout: Option<Duration>) -> Result<i32> {
-    let request = Request::Drain {
-        wait,
-        timeout_seconds: timeout.map(|t| t.as_secs_f64()),
+pub fn resume(socket: &Path) -> Result<i32> {
+    let mut connection = Connection::open(socket, &Request::Resume {})?;
+    let Reply::Status(status) = connection.next()? else {
+        bail!("unexpected reply to resume")
     };
-    let mut connection = Connection::open(socket, &request)?;
-    if !wait {
+    eprintln!("resumed: serving again, {} live", status.live);
+    Ok(0)
+}
+
+pub fn drain(args: &DrainArgs) -> Result<i32> {
+    let seconds = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+    let request = Request::Drain {
+        wait: args.wait,
+        timeout_seconds: seconds(args.timeout),
+        accept_for_seconds: seconds(args.accept_for),
+        release_when_idle_seconds: seconds(args.release_when_idle),
+    };
+    let mut connection = Connection::open(&args.socket.path, &request)?;
+    if !args.wait {
         let Reply::Status(status) = connection.next()? else {
             bail!("unexpected reply to drain")
         };
@@ -93,6 +108,7 @@ pub fn drain(socket: &Path, wait: bool, timeout: Option<Duration>) -> Result<i32
         match connection.next()? {
             Reply::Progress(status) => display.progress(&status),
             Reply::Released(status) => return Ok(display.released(&status)),
+            Reply::Resumed(status) => return Ok(display.resumed(&status)),
             _ => bail!("unexpected reply while waiting"),
         }
     }
@@ -135,6 +151,17 @@ impl Display {
         }
     }
 
+    fn resumed(&mut self, status: &Status) -> i32 {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        eprintln!(
+            "resumed before release: serving again with {}",
+            connections_live(status)
+        );
+        EXIT_RESUMED
+    }
+
     fn released(&mut self, status: &Status) -> i32 {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
@@ -154,6 +181,13 @@ impl Display {
                     connections_live(status)
                 );
                 EXIT_RELEASED_EARLY
+            }
+            Some(Outcome::DrainedToIdle) => {
+                eprintln!(
+                    "drained in {elapsed:.1}s: the {} connection(s) left were idle",
+                    status.live
+                );
+                EXIT_DRAINED
             }
             _ => {
                 eprintln!("drained in {elapsed:.1}s");
@@ -212,6 +246,22 @@ fn describe(status: &Status) -> String {
     if let Some(elapsed) = status.drain_elapsed_seconds {
         text.push_str(&format!("drain elapsed: {elapsed:.1}s\n"));
     }
+    if let Some(left) = status.accept_window_left_seconds {
+        text.push_str(&format!(
+            "accepting new connections for {left:.1}s more, then refusing\n"
+        ));
+    }
+    if let (Some(idle_for), Some(idle)) = (status.release_when_idle_seconds, status.idle_live) {
+        text.push_str(&format!(
+            "idle for {idle_for:.1}s or more: {idle} (released once all are)\n"
+        ));
+        if !status.active.is_empty() {
+            text.push_str("still active, holding the drain:\n");
+            for connection in &status.active {
+                text.push_str(&format!("  {}\n", connection_line(connection)));
+            }
+        }
+    }
     if let Some(left) = status.deadline_left_seconds {
         text.push_str(&format!("deadline in: {left:.1}s\n"));
     }
@@ -225,14 +275,16 @@ fn describe(status: &Status) -> String {
     if !status.most_idle.is_empty() {
         text.push_str("most idle live connections:\n");
         for connection in &status.most_idle {
-            let idle = connection
-                .idle_seconds
-                .map_or(String::new(), |s| format!(" idle {s:.1}s"));
-            text.push_str(&format!(
-                "  {} → :{}{idle}\n",
-                connection.peer, connection.port
-            ));
+            text.push_str(&format!("  {}\n", connection_line(connection)));
         }
     }
     text
+}
+
+/// `peer → :port idle 1.5s`.
+fn connection_line(connection: &IdleConnection) -> String {
+    let idle = connection
+        .idle_seconds
+        .map_or(String::new(), |s| format!(" idle {s:.1}s"));
+    format!("{} → :{}{idle}", connection.peer, connection.port)
 }

@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => supervisor::run(RunOptions {
             ports: args.ports,
-            drain_timeout: args.drain_timeout,
+            drain: args.drain,
             kill_after: args.kill_after,
             user: args.user,
             group: args.group,
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
                 .or(args.release_cgroup.map(ReleaseTarget::Cgroup)),
             ports: args.ports,
             netns: args.netns,
-            drain_timeout: args.drain_timeout,
+            drain: args.drain,
             control_socket: args.control_socket,
             allowed: Allowed {
                 uids: args.allow_uids,
@@ -39,9 +39,10 @@ fn main() -> ExitCode {
             http_token_file: args.http_token_file,
             release_signal: args.release_signal,
         }),
-        Command::Drain(args) => client::drain(&args.socket.path, args.wait, args.timeout),
+        Command::Drain(args) => client::drain(&args),
         Command::Status(args) => client::status(&args.socket.path, args.json),
         Command::Release(socket) => client::release(&socket.path),
+        Command::Resume(socket) => client::resume(&socket.path),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

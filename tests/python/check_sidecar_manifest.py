@@ -30,6 +30,8 @@ args = sidecar.get("args", [])
 check(args[:1] == ["daemon"], "the sidecar runs `drainer daemon`")
 check("--http" in args and "--http-token-file" in args, "the sidecar serves HTTP with a token file")
 drain_timeout = seconds(args[args.index("--drain-timeout") + 1]) if "--drain-timeout" in args else 300
+accept_for = seconds(args[args.index("--accept-for") + 1]) if "--accept-for" in args else 0
+check(accept_for < drain_timeout, f"--accept-for {accept_for} must be shorter than the drain timeout {drain_timeout}")
 caps = sidecar.get("securityContext", {}).get("capabilities", {})
 check(caps.get("drop") == ["ALL"], "the sidecar drops every capability first")
 check(sorted(caps.get("add", [])) == ["BPF", "NET_ADMIN", "PERFMON"], f"least capabilities: {caps.get('add')}")

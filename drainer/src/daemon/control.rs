@@ -11,10 +11,10 @@ use tracing::{debug, warn};
 use super::{
     access::{self, Allowed},
     requests::{Command, Commands, ask},
-    waiters::follow,
+    waiters::{Stage, follow},
     wire::{self, Stream as _},
 };
-use crate::engine::Engine;
+use crate::engine::{DrainRequest, Engine};
 
 /// Binds the socket, refusing to replace one a live daemon still answers on.
 pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener> {
@@ -127,9 +127,17 @@ async fn handle(
         Request::Drain {
             wait,
             timeout_seconds,
+            accept_for_seconds,
+            release_when_idle_seconds,
         } => {
-            let timeout = timeout_seconds.map(Duration::from_secs_f64);
-            ask(commands, |done| Command::Drain { timeout, done }).await?;
+            let request = DrainRequest {
+                timeout: timeout_seconds.map(Duration::from_secs_f64),
+                accept_for: accept_for_seconds.map(Duration::from_secs_f64),
+                release_when_idle: release_when_idle_seconds.map(Duration::from_secs_f64),
+            };
+            if let Err(message) = ask(commands, |done| Command::Drain { request, done }).await? {
+                return send(stream, &Reply::Error { message }).await;
+            }
             if wait {
                 follow_to_release(stream, engine).await
             } else {
@@ -139,7 +147,16 @@ async fn handle(
         }
         Request::Wait {} => follow_to_release(stream, engine).await,
         Request::Release {} => {
-            ask(commands, |done| Command::Release { done }).await?;
+            if let Err(message) = ask(commands, |done| Command::Release { done }).await? {
+                return send(stream, &Reply::Error { message }).await;
+            }
+            let status = engine.borrow().status(false)?;
+            send(stream, &Reply::Status(status)).await
+        }
+        Request::Resume {} => {
+            if let Err(message) = ask(commands, |done| Command::Resume { done }).await? {
+                return send(stream, &Reply::Error { message }).await;
+            }
             let status = engine.borrow().status(false)?;
             send(stream, &Reply::Status(status)).await
         }
@@ -147,11 +164,11 @@ async fn handle(
 }
 
 async fn follow_to_release(stream: &UnixStream, engine: &Rc<RefCell<Engine>>) -> Result<()> {
-    follow(engine, |status, released| async move {
-        let reply = if released {
-            Reply::Released(status)
-        } else {
-            Reply::Progress(status)
+    follow(engine, |status, stage| async move {
+        let reply = match stage {
+            Stage::Progress => Reply::Progress(status),
+            Stage::Released => Reply::Released(status),
+            Stage::Resumed => Reply::Resumed(status),
         };
         send(stream, &reply).await
     })

@@ -11,10 +11,10 @@ use tracing::{debug, info, warn};
 use super::{
     metrics,
     requests::{Command, Commands, ask},
-    waiters::follow,
+    waiters::{Stage, follow},
     wire::{self, Stream as _},
 };
-use crate::engine::Engine;
+use crate::engine::{DrainRequest, Engine};
 
 const MAX_HEAD: usize = 8192;
 const HEAD_TIME: Duration = Duration::from_secs(5);
@@ -148,23 +148,36 @@ async fn drain(http: &Http, headers: &[httparse::Header<'_>]) -> Response {
         );
     }
     info!("drain requested over HTTP");
-    if ask(&http.commands, |done| Command::Drain {
-        timeout: None,
+    match ask(&http.commands, |done| Command::Drain {
+        request: DrainRequest::default(),
         done,
     })
     .await
-    .is_err()
     {
-        return Response::text(503, "Service Unavailable", "drainer is shutting down\n");
+        Ok(Ok(())) => {}
+        Ok(Err(message)) => return Response::text(409, "Conflict", format!("{message}\n")),
+        Err(_) => {
+            return Response::text(503, "Service Unavailable", "drainer is shutting down\n");
+        }
     }
     let mut outcome = None;
-    let followed: Result<()> = follow(&http.engine, |status, released| {
-        if released {
-            outcome = Some((status.outcome, status.live));
+    let mut resumed = false;
+    let followed: Result<()> = follow(&http.engine, |status, stage| {
+        match stage {
+            Stage::Released => outcome = Some((status.outcome, status.live)),
+            Stage::Resumed => resumed = true,
+            Stage::Progress => {}
         }
         async { Ok(()) }
     })
     .await;
+    if resumed {
+        return Response::text(
+            409,
+            "Conflict",
+            "the drain was resumed before release: drainer serves again\n",
+        );
+    }
     match (followed, outcome) {
         (Ok(()), Some((Some(Outcome::DeadlinePassed), live))) => Response::text(
             504,

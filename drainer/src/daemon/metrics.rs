@@ -83,6 +83,16 @@ pub fn render(status: &Status) -> String {
         missed,
     );
 
+    if let Some(idle) = status.idle_live {
+        let gauge = Gauge::<i64>::default();
+        gauge.set(idle);
+        registry.register(
+            "idle_connections",
+            "Live connections idle for the drain's release-when-idle duration (while such a drain refuses)",
+            gauge,
+        );
+    }
+
     let exact = Gauge::<i64>::default();
     exact.set(i64::from(status.count_exact));
     registry.register(

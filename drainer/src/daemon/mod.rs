@@ -36,8 +36,9 @@ use self::{
     requests::{Command, Commands},
 };
 use crate::{
+    cli::DrainFlags,
     engine::{
-        Action, Engine,
+        self, Action, Engine,
         policy::{Drain, Trigger},
     },
     event_loop::{EventLoop, Input},
@@ -48,7 +49,7 @@ use crate::{
 pub struct DaemonOptions {
     pub ports: Vec<u16>,
     pub netns: Option<PathBuf>,
-    pub drain_timeout: Duration,
+    pub drain: DrainFlags,
     pub control_socket: PathBuf,
     pub allowed: Allowed,
     pub http: Option<SocketAddr>,
@@ -83,7 +84,7 @@ pub fn daemon(options: DaemonOptions) -> Result<i32> {
     })?;
     let engine = Engine::new(
         kernel,
-        Drain::new(options.drain_timeout, None),
+        Drain::new(engine::settings(&options.drain)?, None),
         Duration::ZERO,
     );
     tokio_uring::start(serve(engine, options, token))
@@ -138,16 +139,30 @@ async fn serve(mut engine: Engine, options: DaemonOptions, token: Option<String>
         let request = async { requests.recv().await.context("the request channel closed") };
         let actions = match event_loop.next(wakeup, request).await? {
             Input::Engine(input) => engine.borrow_mut().on(input)?,
-            Input::Mode(Command::Drain { timeout, done }) => {
+            Input::Mode(Command::Drain { request, done }) => {
                 info!("drain requested through the control socket or HTTP");
-                let actions = engine.borrow_mut().drain_request(timeout)?;
-                let _ = done.send(());
+                let actions = engine.borrow_mut().drain_request(request)?;
+                let _ = done.send(Ok(()));
                 actions
             }
             Input::Mode(Command::Release { done }) => {
                 let actions = engine.borrow_mut().force_release()?;
-                let _ = done.send(());
+                let _ = done.send(Ok(()));
                 actions
+            }
+            Input::Mode(Command::Resume { done }) => {
+                let resumed = engine.borrow_mut().resume()?;
+                match resumed {
+                    Ok(actions) => {
+                        let _ = done.send(Ok(()));
+                        actions
+                    }
+                    Err(cannot) => {
+                        warn!("refused to resume: {cannot}");
+                        let _ = done.send(Err(cannot.to_string()));
+                        Vec::new()
+                    }
+                }
             }
         };
         for action in actions {

@@ -13,24 +13,46 @@ const HEARTBEAT: Duration = Duration::from_millis(500);
 /// ...and at most this often, however fast the count changes. The release is never delayed.
 const MIN_GAP: Duration = Duration::from_millis(100);
 
-/// Calls `report(status, released)` on changes until the server is released; the last call has
-/// `released == true`.
+/// Where the drain a waiter follows stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Progress,
+    /// The server was released: the last report.
+    Released,
+    /// The drain was resumed before release: the last report.
+    Resumed,
+}
+
+/// Calls `report(status, stage)` on changes until the drain under way (or the next one, while
+/// serving) ends: released, or resumed.
 pub async fn follow<F, Fut>(engine: &Rc<RefCell<Engine>>, mut report: F) -> Result<()>
 where
-    F: FnMut(Status, bool) -> Fut,
+    F: FnMut(Status, Stage) -> Fut,
     Fut: Future<Output = Result<()>>,
 {
     let mut changes = engine.borrow().subscribe();
     let mut last_report: Option<Instant> = None;
+    // The drain followed, by its number, once one is under way.
+    let mut followed: Option<u64> = None;
     loop {
         changes.borrow_and_update();
         let status = engine.borrow().status(false)?;
-        let released = status.state == State::Released;
-        if released || last_report.is_none_or(|at| at.elapsed() >= MIN_GAP) {
-            report(status, released).await?;
+        let stage = match followed {
+            Some(drain) if status.state == State::Serving || status.drains_started != drain => {
+                Stage::Resumed
+            }
+            _ if status.state == State::Released => Stage::Released,
+            _ => Stage::Progress,
+        };
+        if followed.is_none() && status.state != State::Serving {
+            followed = Some(status.drains_started);
+        }
+        let last = stage != Stage::Progress;
+        if last || last_report.is_none_or(|at| at.elapsed() >= MIN_GAP) {
+            report(status, stage).await?;
             last_report = Some(Instant::now());
         }
-        if released {
+        if last {
             return Ok(());
         }
         tokio::select! {

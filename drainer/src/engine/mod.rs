@@ -9,18 +9,19 @@ mod progress;
 
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use drainer_common::protocol::{IdleConnection, Outcome, PortStatus, State, Status};
 use nix::sys::signal::Signal;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use self::{
-    policy::{Drain, Phase, ReleaseReason, Step, Trigger},
+    policy::{Activity, CannotResume, Drain, DrainSettings, Phase, ReleaseReason, Step, Trigger},
     progress::Progress,
 };
 use crate::{
-    kernel::{Count, Counts, Kernel},
+    cli::DrainFlags,
+    kernel::{Count, Counts, Idleness, Kernel, TableSocket},
     system::systemd::Systemd,
 };
 
@@ -51,12 +52,51 @@ pub enum Action {
     Kill,
 }
 
+/// The configured drain settings, checked.
+pub fn settings(flags: &DrainFlags) -> Result<DrainSettings> {
+    if flags.accept_for >= flags.drain_timeout {
+        bail!(
+            "--accept-for {} leaves no time to drain before --drain-timeout {}: make the accept \
+             window shorter than the deadline",
+            humantime::format_duration(flags.accept_for),
+            humantime::format_duration(flags.drain_timeout)
+        );
+    }
+    Ok(DrainSettings {
+        timeout: flags.drain_timeout,
+        accept_for: flags.accept_for,
+        release_when_idle: flags.release_when_idle,
+    })
+}
+
+/// A drain request's own settings; what it leaves out comes from the configured ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DrainRequest {
+    pub timeout: Option<Duration>,
+    pub accept_for: Option<Duration>,
+    pub release_when_idle: Option<Duration>,
+}
+
+/// New connections arriving while a drain still accepts them.
+#[derive(Clone, Copy, Debug)]
+struct AcceptWindow {
+    opened_at_start: u64,
+    opened: u64,
+    last_arrival: Option<Instant>,
+}
+
 pub struct Engine {
     kernel: Kernel,
     drain: Drain,
     progress: Progress,
     live_at_start: Option<i64>,
+    drains_started: u64,
     deadline_hits: u64,
+    window: Option<AcceptWindow>,
+    /// How the drain under way (or the last one) runs.
+    settings: Option<DrainSettings>,
+    /// The live connections against the drain's idle threshold, when last looked at.
+    idleness: Option<Idleness>,
     /// Time drainer will still need after release (the child's `--kill-after`), for systemd.
     after_release: Duration,
     /// Bumped on every change of state or count; waiters watch it.
@@ -70,7 +110,11 @@ impl Engine {
             drain,
             progress: Progress::new(Systemd::from_env()),
             live_at_start: None,
+            drains_started: 0,
             deadline_hits: 0,
+            window: None,
+            settings: None,
+            idleness: None,
             after_release,
             changes: watch::Sender::new(0),
         }
@@ -111,13 +155,19 @@ impl Engine {
     }
 
     fn stop_signal(&mut self, signal: Signal) -> Result<Vec<Action>> {
-        let step = self.drain.on_stop_signal(signal, Instant::now());
-        self.carry_out([step])
+        let steps = self.drain.on_stop_signal(signal, Instant::now());
+        self.carry_out(steps)
     }
 
-    pub fn drain_request(&mut self, timeout: Option<Duration>) -> Result<Vec<Action>> {
-        let step = self.drain.on_drain_request(timeout, Instant::now());
-        self.carry_out(step)
+    pub fn drain_request(&mut self, request: DrainRequest) -> Result<Vec<Action>> {
+        let defaults = self.drain.defaults();
+        let settings = DrainSettings {
+            timeout: request.timeout.unwrap_or(defaults.timeout),
+            accept_for: request.accept_for.unwrap_or(defaults.accept_for),
+            release_when_idle: request.release_when_idle.or(defaults.release_when_idle),
+        };
+        let steps = self.drain.on_drain_request(settings, Instant::now());
+        self.carry_out(steps)
     }
 
     pub fn force_release(&mut self) -> Result<Vec<Action>> {
@@ -125,19 +175,60 @@ impl Engine {
         self.carry_out(steps)
     }
 
+    /// Back to serving, if the drain was started by a request.
+    pub fn resume(&mut self) -> Result<Result<Vec<Action>, CannotResume>> {
+        match self.drain.on_resume() {
+            Ok(step) => self.carry_out([step]).map(Ok),
+            Err(cannot) => Ok(Err(cannot)),
+        }
+    }
+
     fn counts_changed(&mut self) -> Result<Vec<Action>> {
         let counts = self.counts()?;
         let count = counts.total();
         let now = Instant::now();
         self.progress.warn_if_untrusted(&counts);
+        if let Some(window) = &mut self.window
+            && counts.opened() > window.opened
+        {
+            window.opened = counts.opened();
+            window.last_arrival = Some(now);
+        }
         // While serving, only an unrecorded connection is announced: there is no progress to log.
         let draining = self.phase() != Phase::Serving;
-        let step = self.drain.on_count(count, now);
+        let activity = self.activity(now)?;
+        let step = self.drain.on_count(count, activity, now);
         if draining {
-            self.progress.count_changed(&self.kernel, count, now);
+            self.progress
+                .count_changed(&self.kernel, count, self.idleness.as_ref(), now);
         }
         // carry_out tells the waiters, whatever the step.
         self.carry_out(step)
+    }
+
+    /// Looks at the live connections' activity when the drain releases on idleness and refuses.
+    fn activity(&mut self, now: Instant) -> Result<Activity> {
+        let Phase::Draining {
+            refusing: true,
+            settings:
+                DrainSettings {
+                    release_when_idle: Some(idle_for),
+                    ..
+                },
+            ..
+        } = self.phase()
+        else {
+            self.idleness = None;
+            return Ok(Activity::Unknown);
+        };
+        let idleness = self.kernel.idleness(idle_for, now)?;
+        let activity = if idleness.active.is_empty() {
+            Activity::AllIdle
+        } else {
+            Activity::Busy
+        };
+        self.idleness = Some(idleness);
+        Ok(activity)
     }
 
     /// When [`EngineInput::Timer`] is next due.
@@ -146,6 +237,7 @@ impl Engine {
             self.drain.next_timer(),
             self.progress.next_line_at(),
             self.table_recheck_at(),
+            self.idle_check_at(),
         ]
         .into_iter()
         .flatten()
@@ -161,44 +253,66 @@ impl Engine {
         }
     }
 
+    /// A connection falling silent announces nothing either: the time the least recently active
+    /// one could next count as idle.
+    fn idle_check_at(&self) -> Option<Instant> {
+        match self.phase() {
+            Phase::Draining { .. } => self.idleness.as_ref().and_then(|i| i.next_check),
+            Phase::Serving | Phase::Released { .. } => None,
+        }
+    }
+
     fn timer(&mut self) -> Result<Vec<Action>> {
         let now = Instant::now();
-        if self.table_recheck_at().is_some_and(|at| at <= now) {
+        let due = |at: Option<Instant>| at.is_some_and(|at| at <= now);
+        if due(self.table_recheck_at()) || due(self.idle_check_at()) {
             return self.counts_changed();
         }
-        if self.progress.next_line_at().is_some_and(|at| at <= now) {
+        if due(self.progress.next_line_at()) {
             let count = self.count()?;
-            self.progress.log_pending(&self.kernel, count, now);
+            self.progress
+                .log_pending(&self.kernel, count, self.idleness.as_ref(), now);
         }
-        let step = self.drain.on_timer(now);
-        self.carry_out(step)
+        let steps = self.drain.on_timer(now);
+        self.carry_out(steps)
     }
 
     fn carry_out(&mut self, steps: impl IntoIterator<Item = Step>) -> Result<Vec<Action>> {
         let mut actions = Vec::new();
         for step in steps {
             match step {
+                Step::StartDraining => self.start_draining()?,
                 Step::StartRefusing => {
-                    // Flip first, read after: a close in between then either shows in the count
-                    // or arrives as an event.
                     self.kernel.start_refusing()?;
-                    let counts = self.counts()?;
-                    let count = counts.total();
-                    let now = Instant::now();
-                    self.live_at_start = Some(count.live);
-                    self.progress.drain_started(&self.kernel, &counts, now);
-                    if let Phase::Draining { deadline, .. } = self.phase() {
-                        let left = deadline.saturating_duration_since(now);
-                        self.progress
-                            .systemd()
-                            .extend_timeout(left + self.after_release + SYSTEMD_MARGIN);
+                    if let Some(window) = self.window.take() {
+                        self.progress.accept_window_closed(
+                            window.opened - window.opened_at_start,
+                            window.last_arrival,
+                            Instant::now(),
+                        );
                     }
-                    let next = self.drain.on_count(count, now);
+                    let count = self.count()?;
+                    let now = Instant::now();
+                    let activity = self.activity(now)?;
+                    let next = self.drain.on_count(count, activity, now);
                     actions.extend(self.carry_out(next)?);
                 }
                 Step::Release { reason, trigger } => {
                     self.report_release(reason)?;
                     actions.push(Action::Release { reason, trigger });
+                }
+                Step::Resume => {
+                    self.kernel.resume()?;
+                    self.window = None;
+                    self.idleness = None;
+                    let live = self.count()?.live;
+                    info!(
+                        live,
+                        "resumed: accepting new connections again; {live} live"
+                    );
+                    self.progress
+                        .systemd()
+                        .status(&format!("serving: {live} live"));
                 }
                 Step::Forward(signal) => actions.push(Action::Forward(signal)),
                 Step::Kill => actions.push(Action::Kill),
@@ -208,6 +322,40 @@ impl Engine {
         Ok(actions)
     }
 
+    fn start_draining(&mut self) -> Result<()> {
+        // Flip first, read after: a close in between then either shows in the count or arrives
+        // as an event. A drain without an accept window refuses from this instant too, before
+        // its start is announced.
+        self.kernel.start_draining()?;
+        if let Phase::Draining { refusing: true, .. } = self.phase() {
+            self.kernel.start_refusing()?;
+        }
+        let counts = self.counts()?;
+        let now = Instant::now();
+        self.live_at_start = Some(counts.total().live);
+        self.drains_started += 1;
+        self.idleness = None;
+        let Phase::Draining {
+            deadline, settings, ..
+        } = self.phase()
+        else {
+            return Ok(());
+        };
+        self.settings = Some(settings);
+        self.window = (!settings.accept_for.is_zero()).then_some(AcceptWindow {
+            opened_at_start: counts.opened(),
+            opened: counts.opened(),
+            last_arrival: None,
+        });
+        self.progress
+            .drain_started(&self.kernel, &counts, &settings, now);
+        let left = deadline.saturating_duration_since(now);
+        self.progress
+            .systemd()
+            .extend_timeout(left + self.after_release + SYSTEMD_MARGIN);
+        Ok(())
+    }
+
     fn report_release(&mut self, reason: ReleaseReason) -> Result<()> {
         let count = self.count()?;
         match reason {
@@ -215,6 +363,18 @@ impl Engine {
                 live = count.live,
                 "drained: no live connections; releasing the server"
             ),
+            ReleaseReason::Idle => {
+                let idle_for = self
+                    .idleness
+                    .as_ref()
+                    .map_or(0.0, |i| i.idle_for.as_secs_f64());
+                info!(
+                    live = count.live,
+                    "drained: the {} connection(s) left have all been idle for {idle_for:.1}s or \
+                     more; releasing the server, which closes idle connections itself",
+                    count.live
+                )
+            }
             ReleaseReason::SecondSignal => warn!(
                 live = count.live,
                 "second stop signal: releasing now with {} connections live", count.live
@@ -228,11 +388,34 @@ impl Engine {
             ReleaseReason::DeadlinePassed => {
                 self.deadline_hits += 1;
                 self.progress.report_stragglers(&self.kernel, count);
+                self.hint_release_when_idle()?;
             }
         }
         self.progress
             .systemd()
             .extend_timeout(self.after_release + SYSTEMD_MARGIN);
+        Ok(())
+    }
+
+    /// At a deadline: if no connection still live carried data during the whole drain, idle
+    /// connections alone held it, and `--release-when-idle` would have ended it earlier.
+    fn hint_release_when_idle(&self) -> Result<()> {
+        let Phase::Released { started, at, .. } = self.phase() else {
+            return Ok(());
+        };
+        if self.settings.is_some_and(|s| s.release_when_idle.is_some()) {
+            return Ok(());
+        }
+        let idleness = self.kernel.idleness(at - started, at)?;
+        if idleness.idle > 0 && idleness.active.is_empty() {
+            warn!(
+                "the {} connection(s) that held this drain to its deadline carried no data during \
+                 it: idle pooled connections (a load balancer's, say) alone held it; \
+                 --release-when-idle DURATION releases once every connection left has been idle \
+                 that long",
+                idleness.idle
+            );
+        }
         Ok(())
     }
 
@@ -257,15 +440,29 @@ impl Engine {
                 ..
             } => (Some(at - started), None, Some(outcome(reason))),
         };
+        let (refusing, accept_window_left, release_when_idle) = match self.phase() {
+            Phase::Draining {
+                refuse_at,
+                refusing,
+                settings,
+                ..
+            } => (
+                refusing,
+                (!refusing).then(|| refuse_at.saturating_duration_since(now)),
+                settings.release_when_idle,
+            ),
+            Phase::Released { .. } => (true, None, None),
+            Phase::Serving => (false, None, None),
+        };
+        let idleness = self
+            .idleness
+            .as_ref()
+            .filter(|_| release_when_idle.is_some());
         let most_idle = if with_connections {
             self.kernel
                 .most_idle(STATUS_MOST_IDLE)?
-                .into_iter()
-                .map(|c| IdleConnection {
-                    port: c.local_port,
-                    peer: c.peer.to_string(),
-                    idle_seconds: c.idle.map(|a| a.as_secs_f64()),
-                })
+                .iter()
+                .map(idle_connection)
                 .collect()
         } else {
             Vec::new()
@@ -292,6 +489,14 @@ impl Engine {
                 })
                 .collect(),
             most_idle,
+            refusing,
+            accept_window_left_seconds: accept_window_left.map(|d| d.as_secs_f64()),
+            release_when_idle_seconds: release_when_idle.map(|d| d.as_secs_f64()),
+            idle_live: idleness.map(|i| i.idle as i64),
+            active: idleness
+                .map(|i| i.active.iter().map(idle_connection).collect())
+                .unwrap_or_default(),
+            drains_started: self.drains_started,
         })
     }
 }
@@ -306,9 +511,18 @@ impl From<Phase> for State {
     }
 }
 
+fn idle_connection(socket: &TableSocket) -> IdleConnection {
+    IdleConnection {
+        port: socket.local_port,
+        peer: socket.peer.to_string(),
+        idle_seconds: socket.idle.map(|a| a.as_secs_f64()),
+    }
+}
+
 fn outcome(reason: ReleaseReason) -> Outcome {
     match reason {
         ReleaseReason::Drained => Outcome::Drained,
+        ReleaseReason::Idle => Outcome::DrainedToIdle,
         ReleaseReason::DeadlinePassed => Outcome::DeadlinePassed,
         ReleaseReason::SecondSignal | ReleaseReason::Forced => Outcome::ReleasedEarly,
     }

@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use super::policy::DrainSettings;
 use crate::{
-    kernel::{Count, Counts, Kernel, TableSocket},
+    kernel::{Count, Counts, Idleness, Kernel, TableSocket},
     system::systemd::Systemd,
 };
 
@@ -21,6 +22,8 @@ pub(super) struct Progress {
     systemd: Systemd,
     last_logged: Option<Instant>,
     last_live: Option<i64>,
+    /// How many were idle at the last line, when the drain releases on idleness.
+    last_idle: Option<usize>,
     /// The count changed since the last line; log it at `next_line_at`.
     pending: bool,
     warned_untracked: bool,
@@ -33,13 +36,20 @@ impl Progress {
             systemd,
             last_logged: None,
             last_live: None,
+            last_idle: None,
             pending: false,
             warned_untracked: false,
             warned_missed: false,
         }
     }
 
-    pub(super) fn drain_started(&mut self, kernel: &Kernel, counts: &Counts, now: Instant) {
+    pub(super) fn drain_started(
+        &mut self,
+        kernel: &Kernel,
+        counts: &Counts,
+        settings: &DrainSettings,
+        now: Instant,
+    ) {
         let count = counts.total();
         let per_port = counts
             .ports
@@ -47,23 +57,66 @@ impl Progress {
             .map(|c| format!("port {}: {}", c.port, c.live))
             .collect::<Vec<_>>()
             .join(", ");
+        let refusal = if settings.accept_for.is_zero() {
+            "refusing new connections".to_owned()
+        } else {
+            format!(
+                "readiness fails now; new connections are accepted for {:.1}s more, then refused",
+                settings.accept_for.as_secs_f64()
+            )
+        };
+        let idle = settings.release_when_idle.map_or(String::new(), |idle| {
+            format!(
+                "; releasing once every connection left has been idle for {:.1}s",
+                idle.as_secs_f64()
+            )
+        });
         info!(
             live = count.live,
-            "draining: refusing new connections; {} ({per_port})",
+            "draining: {refusal}{idle}; {} ({per_port})",
             live_words(count)
         );
         self.warn_if_untrusted(counts);
-        self.log_line(kernel, count, now);
+        self.log_line(kernel, count, None, now);
+    }
+
+    /// The accept window is over: how many connections arrived in it and when the last came, so
+    /// the window can be sized to how long the endpoint update really takes.
+    pub(super) fn accept_window_closed(
+        &mut self,
+        arrivals: u64,
+        last_arrival: Option<Instant>,
+        now: Instant,
+    ) {
+        match last_arrival {
+            Some(at) => info!(
+                arrivals,
+                "accept window over: {arrivals} new connection(s) arrived in it, the last \
+                 {:.2}s before its end; refusing new connections now",
+                now.saturating_duration_since(at).as_secs_f64()
+            ),
+            None => info!(
+                arrivals,
+                "accept window over: no new connection arrived in it; refusing new connections now"
+            ),
+        }
     }
 
     /// A new count was read; logs it now or schedules it.
-    pub(super) fn count_changed(&mut self, kernel: &Kernel, count: Count, now: Instant) {
-        if self.last_live == Some(count.live) {
+    pub(super) fn count_changed(
+        &mut self,
+        kernel: &Kernel,
+        count: Count,
+        idleness: Option<&Idleness>,
+        now: Instant,
+    ) {
+        let idle = idleness.map(|i| i.idle);
+        if self.last_live == Some(count.live) && self.last_idle == idle {
             return;
         }
         match self.next_line_at() {
             Some(at) if now < at => self.pending = true,
-            _ => self.log_line(kernel, count, now),
+            _ => self.log_line(kernel, count, idleness, now),
         }
     }
 
@@ -73,9 +126,15 @@ impl Progress {
         self.pending.then_some(last + MIN_INTERVAL)
     }
 
-    pub(super) fn log_pending(&mut self, kernel: &Kernel, count: Count, now: Instant) {
+    pub(super) fn log_pending(
+        &mut self,
+        kernel: &Kernel,
+        count: Count,
+        idleness: Option<&Idleness>,
+        now: Instant,
+    ) {
         if self.pending {
-            self.log_line(kernel, count, now);
+            self.log_line(kernel, count, idleness, now);
         }
     }
 
@@ -83,12 +142,37 @@ impl Progress {
         &self.systemd
     }
 
-    fn log_line(&mut self, kernel: &Kernel, count: Count, now: Instant) {
+    fn log_line(
+        &mut self,
+        kernel: &Kernel,
+        count: Count,
+        idleness: Option<&Idleness>,
+        now: Instant,
+    ) {
         let live = count.live;
         self.pending = false;
         self.last_logged = Some(now);
         self.last_live = Some(live);
+        self.last_idle = idleness.map(|i| i.idle);
         let counted = live_words(count);
+        if let Some(idleness) = idleness {
+            let idle = idleness.idle;
+            self.systemd
+                .status(&format!("draining: {counted}, {idle} idle"));
+            info!(
+                live,
+                idle,
+                "{counted}, {idle} idle for {:.1}s or more; still active: {}{}",
+                idleness.idle_for.as_secs_f64(),
+                list(&idleness.active),
+                if idleness.active_count > idleness.active.len() {
+                    ", …"
+                } else {
+                    ""
+                }
+            );
+            return;
+        }
         self.systemd.status(&format!("draining: {counted}"));
         if live <= 0 && count.exact {
             return;

@@ -28,6 +28,8 @@ pub struct PortCount {
     pub port: u16,
     /// Established server-side connections that have not reached TCP_CLOSE.
     pub live: i64,
+    /// Server-side connections established since drainer started (or found by its sweep).
+    pub opened: u64,
     pub refused: u64,
     pub untracked: u64,
 }
@@ -69,6 +71,10 @@ impl Counts {
             }
         }
         self.from_socket_table = true;
+    }
+
+    pub fn opened(&self) -> u64 {
+        self.ports.iter().map(|c| c.opened).sum()
     }
 
     pub fn untracked(&self) -> u64 {
@@ -137,6 +143,7 @@ mod tests {
                 .map(|port| PortCount {
                     port,
                     live: 5,
+                    opened: 5,
                     refused: 0,
                     untracked,
                 })

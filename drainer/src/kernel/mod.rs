@@ -11,9 +11,11 @@
 //! | `layout` | struct offsets from the running kernel's BTF |
 //! | `seeded_table` | sizing the table of connections found at start-up |
 //! | `features` | the kernel features the programs need, and since when |
+//! | `idleness` | which live connections are idle, for drains that release on idleness |
 mod claim;
 mod counts;
 mod features;
+mod idleness;
 mod layout;
 mod netns;
 mod programs;
@@ -28,6 +30,7 @@ use tracing::info;
 use self::{claim::PortClaims, counts::Counter, programs::Programs};
 pub use self::{
     counts::{Count, Counts},
+    idleness::Idleness,
     netns::Netns,
     socket_table::{SocketTable, TableSocket},
 };
@@ -95,10 +98,33 @@ impl Kernel {
         self.counter.table().most_idle(self.ports(), limit)
     }
 
-    /// From now on every new connection to the ports is refused, and count changes are announced
-    /// through the ring buffer [`Kernel::take_events`] returns.
+    /// The live connections on the ports measured against `idle_for`, as of `now`.
+    pub fn idleness(
+        &self,
+        idle_for: std::time::Duration,
+        now: std::time::Instant,
+    ) -> Result<Idleness> {
+        let mut idleness = Idleness::new(idle_for);
+        self.counter
+            .table()
+            .for_each(self.ports(), |socket| idleness.add(socket, now))?;
+        Ok(idleness)
+    }
+
+    /// From now on count changes are announced through the ring buffer [`Kernel::take_events`]
+    /// returns.
+    pub fn start_draining(&mut self) -> Result<()> {
+        self.programs.start_draining()
+    }
+
+    /// From now on every new connection to the ports is refused.
     pub fn start_refusing(&mut self) -> Result<()> {
         self.programs.start_refusing()
+    }
+
+    /// New connections are accepted again, and count changes no longer announced.
+    pub fn resume(&mut self) -> Result<()> {
+        self.programs.resume()
     }
 
     /// The ring buffer that carries count changes while draining.

@@ -17,7 +17,7 @@ use aya::{
     programs::{BtfTracePoint, Iter, SkLookup},
 };
 use aya_log::EbpfLogger;
-use drainer_common::{MAX_PORTS, PortCounters, SWITCH_DRAINING, SWITCH_SEEDED};
+use drainer_common::{MAX_PORTS, PortCounters, SWITCH_DRAINING, SWITCH_REFUSING, SWITCH_SEEDED};
 
 use super::{
     Target,
@@ -150,7 +150,7 @@ impl Programs {
         // there by its TIME_WAIT mini-socket — can still be on its way to reporting its close;
         // give it time to report while such closes are not counted.
         std::thread::sleep(SEED_SETTLE);
-        programs.set_switch(SWITCH_SEEDED)?;
+        programs.set_switch(SWITCH_SEEDED, true)?;
         programs.attach_refuse(target.netns)?;
         release_freed_memory();
         Ok(programs)
@@ -211,17 +211,27 @@ impl Programs {
         Ok(())
     }
 
-    /// From now on every new connection to the ports is refused, and count changes are announced
-    /// through [`Programs::take_events`].
-    pub(super) fn start_refusing(&mut self) -> Result<()> {
-        self.set_switch(SWITCH_DRAINING)
+    /// From now on count changes are announced through [`Programs::take_events`].
+    pub(super) fn start_draining(&mut self) -> Result<()> {
+        self.set_switch(SWITCH_DRAINING, true)
     }
 
-    fn set_switch(&mut self, index: u32) -> Result<()> {
+    /// From now on every new connection to the ports is refused.
+    pub(super) fn start_refusing(&mut self) -> Result<()> {
+        self.set_switch(SWITCH_REFUSING, true)
+    }
+
+    /// New connections are accepted again, and count changes no longer announced.
+    pub(super) fn resume(&mut self) -> Result<()> {
+        self.set_switch(SWITCH_REFUSING, false)?;
+        self.set_switch(SWITCH_DRAINING, false)
+    }
+
+    fn set_switch(&mut self, index: u32, on: bool) -> Result<()> {
         let mut switches: Array<_, u32> =
             Array::try_from(self.map_mut("SWITCHES")?).context("SWITCHES map")?;
         switches
-            .set(index, &1, 0)
+            .set(index, &u32::from(on), 0)
             .with_context(|| format!("setting switch {index}"))?;
         Ok(())
     }
@@ -258,6 +268,7 @@ impl Programs {
                 Ok(PortCount {
                     port,
                     live: opened.wrapping_sub(closed) as i64,
+                    opened,
                     refused: later.iter().map(|c| c.refused).sum(),
                     untracked: later.iter().map(|c| c.untracked).sum(),
                 })

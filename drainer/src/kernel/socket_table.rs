@@ -47,6 +47,9 @@ pub struct TableSocket {
     pub peer: SocketAddr,
     /// Time since data last went either way; `None` if the kernel did not say.
     pub idle: Option<Duration>,
+    /// Bytes wait in its queues: received but not yet read by the server, or written but not
+    /// yet acknowledged (sent or not).
+    pub queued: bool,
 }
 
 impl fmt::Display for TableSocket {
@@ -101,6 +104,11 @@ impl SocketTable {
             .into_iter()
             .map(|Reverse((_, _, socket))| socket)
             .collect())
+    }
+
+    /// Calls `each` with every live socket on `ports`, one dump, nothing kept.
+    pub fn for_each(&self, ports: &[u16], mut each: impl FnMut(TableSocket)) -> Result<()> {
+        self.each_socket(ports, |_, socket| each(socket))
     }
 
     fn each_socket(&self, ports: &[u16], mut each: impl FnMut(u64, TableSocket)) -> Result<()> {
@@ -195,6 +203,7 @@ fn parse_response(payload: &[u8]) -> Option<(u64, TableSocket)> {
             local_port: id.source_port,
             peer: SocketAddr::new(id.destination_address, id.destination_port),
             idle: info.as_ref().map(idle),
+            queued: header.recv_queue > 0 || header.send_queue > 0,
         },
     ))
 }

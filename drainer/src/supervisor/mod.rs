@@ -22,8 +22,9 @@ use self::{
     privileges::{ChildPrivileges, Identity},
 };
 use crate::{
+    cli::DrainFlags,
     engine::{
-        Action, Engine,
+        self, Action, Engine,
         policy::{Drain, Trigger},
     },
     event_loop::{EventLoop, Input, watch},
@@ -35,7 +36,7 @@ use crate::{
 
 pub struct RunOptions {
     pub ports: Vec<u16>,
-    pub drain_timeout: Duration,
+    pub drain: DrainFlags,
     pub kill_after: Duration,
     /// Run the server as this user (and group) rather than drainer's own.
     pub user: Option<String>,
@@ -70,7 +71,7 @@ pub fn run(options: RunOptions) -> Result<i32> {
         ports: &options.ports,
         netns: &netns,
     })?;
-    let drain = Drain::new(options.drain_timeout, Some(options.kill_after));
+    let drain = Drain::new(engine::settings(&options.drain)?, Some(options.kill_after));
     let engine = Engine::new(kernel, drain, options.kill_after);
     tokio_uring::start(supervise(engine, options, privileges))
 }
