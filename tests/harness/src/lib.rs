@@ -7,7 +7,7 @@
 //! | [`drainer`] | `drainer run`, `drainer daemon` and the client commands; their logs and status |
 //! | [`servers`] | the servers drainer guards: echo server, uvicorn live app, signal server |
 //! | [`clients`] | the clients: addresses, connections, echo, live WebSocket sessions, HTTP |
-//! | [`netns`] | a throwaway network namespace per test |
+//! | [`netns`] | a throwaway network namespace per test; addresses and nftables rules in it |
 //! | [`process`] | child processes whose output is read line by line, stamped with the clock |
 //! | [`capabilities`] | commands limited to chosen capabilities; the sets a process holds |
 //! | [`old_kernel`] | a seccomp trap that makes bpf(2) answer as an older kernel would |
@@ -34,6 +34,19 @@ pub fn require_root() {
     assert!(
         nix::unistd::geteuid().is_root(),
         "integration tests load eBPF programs and create network namespaces: run them as root (`sudo ./x test`)"
+    );
+}
+
+/// Fails the test unless `program` is on PATH, naming the Debian `package` that has it (`./x test`
+/// installs it).
+pub fn require_program(program: &str, package: &str) {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    assert!(
+        found,
+        "{program} is not on PATH: install Debian's {package} package (`sudo ./x test` does)"
     );
 }
 
