@@ -5,8 +5,9 @@
 //! | module | owns |
 //! |---|---|
 //! | [`drainer`] | `drainer run`, `drainer daemon` and the client commands; their logs and status |
-//! | [`servers`] | the servers drainer guards: echo server, uvicorn live app, signal server |
+//! | [`servers`] | the servers drainer guards: echo server, uvicorn live app (also as a balancer's backend), signal server |
 //! | [`clients`] | the clients: addresses, connections, echo, live WebSocket sessions, HTTP |
+//! | [`balancers`] | HAProxy and nginx in front of the servers |
 //! | [`netns`] | a throwaway network namespace per test; addresses and nftables rules in it |
 //! | [`process`] | child processes whose output is read line by line, stamped with the clock |
 //! | [`capabilities`] | commands limited to chosen capabilities; the sets a process holds |
@@ -15,6 +16,7 @@
 //!
 //! The tests need root (they load eBPF programs and create namespaces). Without it they fail with
 //! a message saying so; they never skip.
+pub mod balancers;
 pub mod capabilities;
 pub mod clients;
 pub mod drainer;
