@@ -6,7 +6,7 @@
 //! |---|---|
 //! | [`drainer`] | `drainer run`, `drainer daemon` and the client commands; their logs and status |
 //! | [`servers`] | the servers drainer guards: echo server, uvicorn live app (also as a balancer's backend), signal server |
-//! | [`clients`] | the clients: addresses, connections, echo, live WebSocket sessions, HTTP |
+//! | [`clients`] | the clients: addresses, connections, echo, live WebSocket sessions, HTTP (keep-alive, or a new connection per request) |
 //! | [`balancers`] | HAProxy and nginx in front of the servers |
 //! | [`netns`] | a throwaway network namespace per test; addresses and nftables rules in it |
 //! | [`process`] | child processes whose output is read line by line, stamped with the clock |
