@@ -153,7 +153,15 @@ fn integration_prerequisites(command: &str) -> Result<PathBuf> {
             "the integration tests load eBPF programs and create network namespaces: run `sudo ./x {command}` (or as root)"
         );
     }
-    system::ensure_packages(&[("ip", "iproute2"), ("systemd-analyze", "systemd")])?;
+    system::ensure_packages(&[
+        ("ip", "iproute2"),
+        ("systemd-analyze", "systemd"),
+        // The balancers and the service VIP of tests/tests/load_balancers.rs and
+        // endpoint_updates.rs.
+        ("haproxy", "haproxy"),
+        ("nginx", "nginx-light"),
+        ("nft", "nftables"),
+    ])?;
     python::ensure_venv()
 }
 
