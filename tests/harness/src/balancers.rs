@@ -87,9 +87,10 @@ backend backends
 /// connection fails is skipped for 30 s (`max_fails=1 fail_timeout=30s`) and the request goes
 /// to the next (`proxy_next_upstream error timeout http_502`). Up to 16 idle connections to the
 /// backends are kept (`keepalive 16`, HTTP/1.1 with an empty `Connection` header, Upgrade passed
-/// through for WebSockets). Each pooled connection carries at most 100 requests
-/// (`keepalive_requests 100`, nginx's default before 1.19.10; since, 1000): only a new
-/// connection can fail, so this is what lets nginx find out that a draining backend refuses.
+/// through for WebSockets), each taking new requests for 1 s at most (`keepalive_time 1s`, a
+/// maximum connection age; nginx's default is 1 h). Only a new connection can fail: with pooled
+/// connections reused for an hour or for their 1000 requests (`keepalive_requests`' default),
+/// nginx keeps sending a draining backend requests over them long after it refuses new ones.
 pub fn nginx(netns: &TestNetns, dir: &Path, listen: u16, backends: &[u16]) -> Balancer {
     let servers: String = backends
         .iter()
@@ -112,7 +113,7 @@ http {{
     upstream backends {{
 {servers}        keepalive 16;
         keepalive_timeout 120s;
-        keepalive_requests 100;
+        keepalive_time 1s;
     }}
     server {{
         listen 127.0.0.1:{listen};
