@@ -1,7 +1,7 @@
 //! The command line.
 use std::{ffi::OsString, net::SocketAddr, path::PathBuf, str::FromStr as _, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use nix::sys::signal::Signal;
 
 /// Where `drainer daemon` listens and the clients connect, unless told otherwise.
@@ -83,6 +83,39 @@ pub struct DrainFlags {
     /// nothing queued): idle pooled connections are left to the server's own shutdown.
     #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
     pub release_when_idle: Option<Duration>,
+}
+
+impl DrainFlags {
+    /// The checks clap cannot make on one flag alone.
+    pub fn check(&self) -> Result<(), String> {
+        if self.accept_for >= self.drain_timeout {
+            return Err(format!(
+                "--accept-for {} leaves no time to drain before --drain-timeout {}: make the \
+                 accept window shorter than the deadline",
+                humantime::format_duration(self.accept_for),
+                humantime::format_duration(self.drain_timeout)
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Cli {
+    /// Parses the command line and checks what spans several flags; exits 2 on bad arguments.
+    pub fn parse_checked() -> Self {
+        let cli = Self::parse();
+        let drain = match &cli.command {
+            Command::Run(args) => Some(&args.drain),
+            Command::Daemon(args) => Some(&args.drain),
+            _ => None,
+        };
+        if let Some(Err(problem)) = drain.map(DrainFlags::check) {
+            Self::command()
+                .error(clap::error::ErrorKind::ArgumentConflict, problem)
+                .exit();
+        }
+        cli
+    }
 }
 
 #[derive(Debug, Args)]
@@ -255,6 +288,33 @@ mod tests {
         assert_eq!(daemon.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
         assert_eq!(daemon.release_pidfile, Some(PathBuf::from("/run/app.pid")));
         assert_eq!(parse_signal("15"), Ok(Signal::SIGTERM));
+    }
+
+    #[test]
+    fn an_accept_window_must_be_shorter_than_the_deadline() {
+        let Command::Daemon(daemon) = parse(&[
+            "daemon",
+            "--port",
+            "80",
+            "--accept-for",
+            "30s",
+            "--drain-timeout",
+            "30s",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not daemon")
+        };
+        let problem = daemon.drain.check().unwrap_err();
+        assert!(problem.contains("--accept-for 30s"), "{problem}");
+        let Command::Run(run) = parse(&["run", "-p", "80", "--accept-for", "5s", "--", "x"])
+            .unwrap()
+            .command
+        else {
+            panic!("not run")
+        };
+        assert_eq!(run.drain.check(), Ok(()));
     }
 
     #[test]

@@ -1,6 +1,5 @@
 use std::process::ExitCode;
 
-use clap::Parser as _;
 use drainer::{
     cli::{Cli, Command},
     client,
@@ -10,7 +9,7 @@ use drainer::{
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_checked();
     logging::init();
     let result = match cli.command {
         Command::Run(args) => supervisor::run(RunOptions {

@@ -1,6 +1,6 @@
 """A live-session server in the shape of google/adk-python's /run_live: each WebSocket client
-asks for a session length and receives one message every 50 ms until it ends, then a normal
-close (1000)."""
+asks for a session length and receives one message every 50 ms (or every `interval` seconds, if
+it asks) until it ends, then a normal close (1000)."""
 import asyncio
 
 from fastapi import FastAPI, WebSocket
@@ -11,12 +11,12 @@ INTERVAL = 0.05
 
 
 @app.websocket("/run_live")
-async def run_live(websocket: WebSocket, seconds: float = 1.0):
+async def run_live(websocket: WebSocket, seconds: float = 1.0, interval: float = INTERVAL):
     await websocket.accept()
-    count = round(seconds / INTERVAL)
+    count = round(seconds / interval)
     for index in range(count):
         await websocket.send_text(f"{index}/{count}")
-        await asyncio.sleep(INTERVAL)
+        await asyncio.sleep(interval)
     await websocket.close(code=1000)
 
 

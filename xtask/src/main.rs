@@ -153,7 +153,15 @@ fn lint() -> Result<()> {
 /// Checks for root and installs what the integration tests run; returns the virtualenv's python.
 fn integration_prerequisites(command: &str) -> Result<PathBuf> {
     system::require_root("the integration tests", command)?;
-    system::ensure_packages(&[("ip", "iproute2"), ("systemd-analyze", "systemd")])?;
+    system::ensure_packages(&[
+        ("ip", "iproute2"),
+        ("systemd-analyze", "systemd"),
+        // The balancers and the service VIP of tests/tests/load_balancers.rs and
+        // endpoint_updates.rs.
+        ("haproxy", "haproxy"),
+        ("nginx", "nginx-light"),
+        ("nft", "nftables"),
+    ])?;
     python::ensure_venv()
 }
 

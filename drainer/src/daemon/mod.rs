@@ -84,7 +84,7 @@ pub fn daemon(options: DaemonOptions) -> Result<i32> {
     })?;
     let engine = Engine::new(
         kernel,
-        Drain::new(engine::settings(&options.drain)?, None),
+        Drain::new(engine::settings(&options.drain), None),
         Duration::ZERO,
     );
     tokio_uring::start(serve(engine, options, token))
@@ -141,9 +141,18 @@ async fn serve(mut engine: Engine, options: DaemonOptions, token: Option<String>
             Input::Engine(input) => engine.borrow_mut().on(input)?,
             Input::Mode(Command::Drain { request, done }) => {
                 info!("drain requested through the control socket or HTTP");
-                let actions = engine.borrow_mut().drain_request(request)?;
-                let _ = done.send(Ok(()));
-                actions
+                let started = engine.borrow_mut().drain_request(request)?;
+                match started {
+                    Ok(actions) => {
+                        let _ = done.send(Ok(()));
+                        actions
+                    }
+                    Err(problem) => {
+                        warn!("refused a drain request: {problem}");
+                        let _ = done.send(Err(problem));
+                        Vec::new()
+                    }
+                }
             }
             Input::Mode(Command::Release { done }) => {
                 let actions = engine.borrow_mut().force_release()?;

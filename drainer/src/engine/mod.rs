@@ -9,7 +9,7 @@ mod progress;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use drainer_common::protocol::{IdleConnection, Outcome, PortStatus, State, Status};
 use nix::sys::signal::Signal;
 use tokio::sync::watch;
@@ -52,21 +52,13 @@ pub enum Action {
     Kill,
 }
 
-/// The configured drain settings, checked.
-pub fn settings(flags: &DrainFlags) -> Result<DrainSettings> {
-    if flags.accept_for >= flags.drain_timeout {
-        bail!(
-            "--accept-for {} leaves no time to drain before --drain-timeout {}: make the accept \
-             window shorter than the deadline",
-            humantime::format_duration(flags.accept_for),
-            humantime::format_duration(flags.drain_timeout)
-        );
-    }
-    Ok(DrainSettings {
+/// The configured drain settings (checked by the command line).
+pub fn settings(flags: &DrainFlags) -> DrainSettings {
+    DrainSettings {
         timeout: flags.drain_timeout,
         accept_for: flags.accept_for,
         release_when_idle: flags.release_when_idle,
-    })
+    }
 }
 
 /// A drain request's own settings; what it leaves out comes from the configured ones.
@@ -159,15 +151,22 @@ impl Engine {
         self.carry_out(steps)
     }
 
-    pub fn drain_request(&mut self, request: DrainRequest) -> Result<Vec<Action>> {
+    /// Starts a drain with the request's settings, or joins the one under way; the inner error
+    /// says why the settings cannot make a drain.
+    pub fn drain_request(&mut self, request: DrainRequest) -> Result<Result<Vec<Action>, String>> {
         let defaults = self.drain.defaults();
         let settings = DrainSettings {
             timeout: request.timeout.unwrap_or(defaults.timeout),
             accept_for: request.accept_for.unwrap_or(defaults.accept_for),
             release_when_idle: request.release_when_idle.or(defaults.release_when_idle),
         };
+        if self.phase() == Phase::Serving
+            && let Err(problem) = settings.check()
+        {
+            return Ok(Err(problem));
+        }
         let steps = self.drain.on_drain_request(settings, Instant::now());
-        self.carry_out(steps)
+        self.carry_out(steps).map(Ok)
     }
 
     pub fn force_release(&mut self) -> Result<Vec<Action>> {

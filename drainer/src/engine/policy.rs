@@ -44,6 +44,21 @@ pub struct DrainSettings {
     pub release_when_idle: Option<Duration>,
 }
 
+impl DrainSettings {
+    /// A drain must leave itself time after its accept window.
+    pub fn check(&self) -> Result<(), String> {
+        if self.accept_for >= self.timeout {
+            return Err(format!(
+                "an accept window of {:.1}s leaves no time to drain before the {:.1}s deadline: \
+                 make the accept window shorter than the deadline",
+                self.accept_for.as_secs_f64(),
+                self.timeout.as_secs_f64()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What the caller knows of the live connections' activity, for [`Drain::on_count`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activity {
@@ -533,6 +548,21 @@ mod tests {
         assert_eq!(
             count(&mut drain, 0, t0 + window),
             released(ReleaseReason::Drained, TERM)
+        );
+    }
+
+    #[test]
+    fn settings_whose_accept_window_reaches_the_deadline_are_refused() {
+        assert_eq!(REFUSE_AT_ONCE.check(), Ok(()));
+        let late = DrainSettings {
+            timeout: Duration::from_secs(2),
+            accept_for: Duration::from_secs(10),
+            release_when_idle: None,
+        };
+        assert!(
+            late.check()
+                .unwrap_err()
+                .contains("shorter than the deadline")
         );
     }
 

@@ -178,6 +178,7 @@ impl Progress {
             return;
         }
         match kernel.most_idle(MOST_IDLE_SHOWN) {
+            Ok(listed) if listed.is_empty() => info!(live, "{counted}"),
             Ok(listed) => info!(live, "{counted}; most idle: {}", list(&listed)),
             Err(err) => info!(live, "{counted} (cannot list them: {err:#})"),
         }
@@ -186,6 +187,11 @@ impl Progress {
     /// The deadline cut the drain: name who was still connected.
     pub(super) fn report_stragglers(&mut self, kernel: &Kernel, count: Count) {
         match kernel.most_idle(STRAGGLERS_SHOWN) {
+            Ok(stragglers) if stragglers.is_empty() => warn!(
+                live = count.live,
+                "drain deadline passed with {}",
+                connections_live(count)
+            ),
             Ok(stragglers) => warn!(
                 live = count.live,
                 "drain deadline passed with {}: {}{}",

@@ -71,7 +71,7 @@ pub fn run(options: RunOptions) -> Result<i32> {
         ports: &options.ports,
         netns: &netns,
     })?;
-    let drain = Drain::new(engine::settings(&options.drain)?, Some(options.kill_after));
+    let drain = Drain::new(engine::settings(&options.drain), Some(options.kill_after));
     let engine = Engine::new(kernel, drain, options.kill_after);
     tokio_uring::start(supervise(engine, options, privileges))
 }

@@ -1,5 +1,11 @@
 //! The drainer binary under test: `run`, `daemon` and the client commands, their logs and status.
-use std::{ffi::OsStr, path::Path, process::Command, time::Duration};
+use std::{
+    ffi::OsStr,
+    path::Path,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
 
 use nix::{sys::signal::Signal, unistd::Pid};
 
@@ -45,6 +51,35 @@ pub fn drainer_client(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Starts a drainer client command (`drain --wait`, ...) that runs on while the test goes on.
+pub fn drainer_client_process(args: &[&str]) -> Process {
+    let mut command = Command::new(drainer_bin());
+    command.args(args);
+    Process::spawn(&format!("drainer {}", args.join(" ")), command)
+}
+
+/// Reads `drainer status --json` through `socket` until `wanted` holds for it; returns it.
+/// Fails after `timeout`, showing the last status.
+pub fn wait_for_status(
+    socket: &Path,
+    what: &str,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+    timeout: Duration,
+) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = status_json(socket);
+        if wanted(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed {what} within {timeout:?}; last: {status}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// `drainer status --json` through `socket`.
 pub fn status_json(socket: &Path) -> serde_json::Value {
     let (code, stdout, stderr) =
@@ -57,6 +92,13 @@ pub fn status_json(socket: &Path) -> serde_json::Value {
 pub fn start_drain(drainer: &Process) -> Line {
     drainer.signal(Signal::SIGTERM);
     drainer.wait_for("draining: refusing new connections", Duration::from_secs(5))
+}
+
+/// Sends SIGTERM to `drainer run --accept-for D`; returns the line that says the drain began
+/// (readiness fails, new connections still accepted).
+pub fn start_drain_accepting(drainer: &Process) -> Line {
+    drainer.signal(Signal::SIGTERM);
+    drainer.wait_for("draining: readiness fails now", Duration::from_secs(5))
 }
 
 /// The pid of the server `drainer run` started, from its "started … pid=N" log line.

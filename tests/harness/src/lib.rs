@@ -5,9 +5,10 @@
 //! | module | owns |
 //! |---|---|
 //! | [`drainer`] | `drainer run`, `drainer daemon` and the client commands; their logs and status |
-//! | [`servers`] | the servers drainer guards: echo server, uvicorn live app, signal server |
-//! | [`clients`] | the clients: addresses, connections, echo, live WebSocket sessions, HTTP |
-//! | [`netns`] | a throwaway network namespace per test |
+//! | [`servers`] | the servers drainer guards: echo server, uvicorn live app (also as a balancer's backend), signal server |
+//! | [`clients`] | the clients: addresses, connections, echo, live WebSocket sessions, HTTP (keep-alive, or a new connection per request) |
+//! | [`balancers`] | HAProxy and nginx in front of the servers |
+//! | [`netns`] | a throwaway network namespace per test; addresses and nftables rules in it |
 //! | [`process`] | child processes whose output is read line by line, stamped with the clock |
 //! | [`capabilities`] | commands limited to chosen capabilities; the sets a process holds |
 //! | [`old_kernel`] | a seccomp trap that makes bpf(2) answer as an older kernel would |
@@ -15,6 +16,7 @@
 //!
 //! The tests need root (they load eBPF programs and create namespaces). Without it they fail with
 //! a message saying so; they never skip.
+pub mod balancers;
 pub mod capabilities;
 pub mod clients;
 pub mod drainer;
@@ -34,6 +36,19 @@ pub fn require_root() {
     assert!(
         nix::unistd::geteuid().is_root(),
         "integration tests load eBPF programs and create network namespaces: run them as root (`sudo ./x test`)"
+    );
+}
+
+/// Fails the test unless `program` is on PATH, naming the Debian `package` that has it (`./x test`
+/// installs it).
+pub fn require_program(program: &str, package: &str) {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    assert!(
+        found,
+        "{program} is not on PATH: install Debian's {package} package (`sudo ./x test` does)"
     );
 }
 

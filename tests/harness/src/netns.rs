@@ -1,13 +1,14 @@
 //! A throwaway network namespace per test: tests run in parallel and never touch the host's ports.
 use std::{
     fs::File,
-    io,
+    io::{self, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
+    time::{Duration, Instant},
 };
 
 use nix::sched::{CloneFlags, setns};
@@ -92,6 +93,51 @@ impl TestNetns {
     pub fn listen(&self, addr: SocketAddr) -> TcpListener {
         self.run(|| TcpListener::bind(addr))
             .expect("bind in the test namespace")
+    }
+
+    /// Returns once something accepts connections on `addr`, failing after `timeout`.
+    pub fn wait_until_listening(&self, addr: SocketAddr, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while let Err(err) = self.connect(addr) {
+            assert!(
+                Instant::now() < deadline,
+                "nothing listens on {addr} after {timeout:?}: {err}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Adds `cidr` to this namespace's loopback device: a local address (a service VIP, say)
+    /// without a dummy device, which not every kernel has.
+    pub fn add_loopback_address(&self, cidr: &str) {
+        ip(&["-n", &self.name, "addr", "add", cidr, "dev", "lo"]);
+    }
+
+    /// Applies `ruleset` with `nft -f -` inside this namespace, as one transaction.
+    pub fn nft(&self, ruleset: &str) {
+        crate::require_program("nft", "nftables");
+        let mut nft = self
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|err| {
+                panic!("cannot run nft: {err}; install Debian's nftables package")
+            });
+        nft.stdin
+            .take()
+            .expect("nft's stdin")
+            .write_all(ruleset.as_bytes())
+            .expect("write the ruleset to nft");
+        let output = nft.wait_with_output().expect("wait for nft");
+        assert!(
+            output.status.success(),
+            "nft -f failed ({}): {}\nruleset:\n{ruleset}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 }
 

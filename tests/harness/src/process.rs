@@ -127,6 +127,25 @@ impl Process {
             thread::sleep(Duration::from_millis(10));
         }
     }
+
+    /// Sends SIGTERM if it still runs and waits up to `timeout` for it to exit, then kills it;
+    /// never panics, so a guard's `drop` may call it while a test unwinds. For servers that
+    /// leave their workers behind when killed outright (nginx's master).
+    pub fn terminate(&mut self, timeout: Duration) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        let _ = kill(self.pid(), Signal::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Process {

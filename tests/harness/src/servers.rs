@@ -49,6 +49,22 @@ pub fn live_app(netns: &TestNetns, port: u16) -> Process {
     start(netns, "uvicorn", &command, "Uvicorn running on", 30)
 }
 
+/// The command line of uvicorn serving the live app on 127.0.0.1:`port` as a backend behind a load
+/// balancer: idle keep-alive connections stay open for 5 minutes (uvicorn's default closes them
+/// after 5 s), as a backend is set to outlast the balancer's pool of idle connections to it.
+pub fn backend_app_command(port: u16) -> Vec<String> {
+    let mut command = live_app_command(port);
+    command.extend(["--timeout-keep-alive".into(), "300".into()]);
+    command
+}
+
+/// uvicorn serving the live app as a backend ([`backend_app_command`]) on 127.0.0.1:`port` in
+/// `netns`.
+pub fn backend_app(netns: &TestNetns, port: u16) -> Process {
+    let command = backend_app_command(port);
+    start(netns, "uvicorn backend", &command, "Uvicorn running on", 30)
+}
+
 /// The command line of tests/python/signal_server.py on `port` with its `options`: it prints
 /// `listening` once bound and `got SIGNAME` for each signal it receives.
 pub fn signal_server_command(port: u16, options: &[&str]) -> Vec<String> {
