@@ -38,9 +38,13 @@ fn check_request(request: &Request) {
     {
         // The daemon turns each duration into a Duration with `from_secs_f64`, which panics on
         // what it cannot represent.
-        for seconds in [timeout_seconds, accept_for_seconds, release_when_idle_seconds]
-            .into_iter()
-            .flatten()
+        for seconds in [
+            timeout_seconds,
+            accept_for_seconds,
+            release_when_idle_seconds,
+        ]
+        .into_iter()
+        .flatten()
         {
             assert!(
                 Duration::try_from_secs_f64(seconds).is_ok(),
