@@ -84,15 +84,19 @@ fn requests_across_an_endpoint_update(accept_for: Option<&str>) -> NewConnection
             scope.spawn(|| get_on_new_connections_until(&netns, vip, "/health", RATE, &stop));
         // Both backends take requests before the drain.
         thread::sleep(Duration::from_secs(1));
-        let started = match accept_for {
+        // Timed from the signal, which comes before the drain starts: the log line that says it
+        // started is read later, by as much as the machine is loaded, and the update timed from
+        // it could land after the window it is meant to fall in.
+        let signalled = monotonic_now();
+        match accept_for {
             Some(_) => start_drain_accepting(&drainer),
             None => start_drain(&drainer),
         };
         thread::sleep(Duration::from_secs_f64(
-            (started.at + UPDATE_AFTER_SECONDS - monotonic_now()).max(0.0),
+            (signalled + UPDATE_AFTER_SECONDS - monotonic_now()).max(0.0),
         ));
         netns.nft(&only_backend(B));
-        let updated = monotonic_now() - started.at;
+        let updated = monotonic_now() - signalled;
         let status = drainer.wait(Duration::from_secs(60));
         // Requests go on after A has gone.
         thread::sleep(Duration::from_secs(1));
