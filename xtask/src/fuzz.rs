@@ -81,7 +81,9 @@ pub fn fuzz(seconds: u64) -> Result<()> {
 fn ensure_cargo_fuzz() -> Result<()> {
     let installed = output(cargo().args(["install", "--list"]))?;
     let wanted = format!("cargo-fuzz v{CARGO_FUZZ_VERSION}:");
-    if installed.lines().any(|line| line.starts_with(&wanted)) {
+    // cargo's list of installs outlives a binary deleted by hand: both must be there.
+    let binary = toolchain::cargo_home()?.join("bin/cargo-fuzz");
+    if installed.lines().any(|line| line.starts_with(&wanted)) && binary.exists() {
         return Ok(());
     }
     run(cargo().args([

@@ -29,7 +29,7 @@ pub fn ebpf_toolchain(program: &str) -> Result<Command> {
 }
 
 /// `$CARGO_HOME`, where cargo installs bpf-linker and cargo-fuzz.
-fn cargo_home() -> Result<PathBuf> {
+pub fn cargo_home() -> Result<PathBuf> {
     home::cargo_home().context("neither CARGO_HOME nor HOME is set")
 }
 
