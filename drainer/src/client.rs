@@ -57,10 +57,7 @@ impl Connection {
 }
 
 pub fn status(socket: &Path, json: bool) -> Result<i32> {
-    let mut connection = Connection::open(socket, &Request::Status {})?;
-    let Reply::Status(status) = connection.next()? else {
-        bail!("unexpected reply to status")
-    };
+    let status = ask_status(socket, &Request::Status {})?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
@@ -70,21 +67,24 @@ pub fn status(socket: &Path, json: bool) -> Result<i32> {
 }
 
 pub fn release(socket: &Path) -> Result<i32> {
-    let mut connection = Connection::open(socket, &Request::Release {})?;
-    let Reply::Status(status) = connection.next()? else {
-        bail!("unexpected reply to release")
-    };
+    let status = ask_status(socket, &Request::Release {})?;
     eprintln!("released with {} connections live", status.live);
     Ok(0)
 }
 
 pub fn resume(socket: &Path) -> Result<i32> {
-    let mut connection = Connection::open(socket, &Request::Resume {})?;
-    let Reply::Status(status) = connection.next()? else {
-        bail!("unexpected reply to resume")
-    };
+    let status = ask_status(socket, &Request::Resume {})?;
     eprintln!("resumed: serving again, {} live", status.live);
     Ok(0)
+}
+
+/// Sends a request the daemon answers with its status once carried out.
+fn ask_status(socket: &Path, request: &Request) -> Result<Status> {
+    let mut connection = Connection::open(socket, request)?;
+    match connection.next()? {
+        Reply::Status(status) => Ok(status),
+        other => bail!("unexpected reply to {request:?}: {other:?}"),
+    }
 }
 
 pub fn drain(args: &DrainArgs) -> Result<i32> {
