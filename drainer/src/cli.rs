@@ -88,7 +88,8 @@ pub struct DrainFlags {
 impl DrainFlags {
     /// The checks clap cannot make on one flag alone.
     pub fn check(&self) -> Result<(), String> {
-        if self.accept_for >= self.drain_timeout {
+        // The rule is the policy's; the message names the flags.
+        if crate::engine::settings(self).check().is_err() {
             return Err(format!(
                 "--accept-for {} leaves no time to drain before --drain-timeout {}: make the \
                  accept window shorter than the deadline",
