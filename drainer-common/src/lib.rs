@@ -14,12 +14,9 @@ pub const MAX_PORTS: u32 = 64;
 /// Indices in the `SWITCHES` array, each 0 or 1, written by userspace.
 /// Draining: count changes are announced through the `EVENTS` ring buffer.
 pub const SWITCH_DRAINING: u32 = 0;
-/// Seeded: the start-up sweep of existing connections has finished.
+/// Seeded: the drain-start sweep of existing connections has finished.
 pub const SWITCH_SEEDED: u32 = 1;
-/// Refusing: new connections to the guarded ports are refused. Set after `SWITCH_DRAINING`, at
-/// once or when the drain's accept window ends.
-pub const SWITCH_REFUSING: u32 = 2;
-pub const SWITCH_COUNT: u32 = 3;
+pub const SWITCH_COUNT: u32 = 2;
 
 /// `TCP_*` states from include/net/tcp_states.h that the programs tell apart.
 pub const TCP_ESTABLISHED: u8 = 1;
@@ -40,7 +37,8 @@ pub const LIVE_TCP_STATES: [u8; 6] = [
 ];
 
 /// One CPU's counters for one port, written only by the kernel side (atomic adds), read by
-/// userspace. Each counter only grows.
+/// userspace. Each counter only grows while the programs are attached; before each drain's sweep,
+/// with nothing attached, userspace zeroes every field but `refused`.
 ///
 /// The live count is the sum over CPUs of `opened` minus that of `closed`. Userspace reads every
 /// CPU's `closed` first and every CPU's `opened` after: a connection's close happens after its
@@ -51,7 +49,7 @@ pub const LIVE_TCP_STATES: [u8; 6] = [
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortCounters {
     /// Server-side connections on this port that completed their handshake (or were found
-    /// established at start-up).
+    /// established by the drain-start sweep).
     pub opened: u64,
     /// Of those, the ones that reached TCP_CLOSE.
     pub closed: u64,

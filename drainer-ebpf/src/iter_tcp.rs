@@ -1,4 +1,4 @@
-//! `iter/tcp`, run once at start-up from inside the guarded network namespace.
+//! `iter/tcp`, run once at each drain start from inside the guarded network namespace.
 //!
 //! When: each read of the iterator visits every TCP socket of the namespace the iterator was
 //! created in: full sockets, request sockets and TIME_WAIT sockets. The kernel holds each full
@@ -7,7 +7,7 @@
 //! like any other.
 //! Sees: `struct sock_common`. Only its first 20 bytes are read — addresses, ports, family and
 //! state — whose layout has not changed since Linux 3.x; nothing else is assumed about the struct.
-//! Cost: runs only when drainer starts; no per-packet cost.
+//! Cost: runs only when a drain starts; no per-packet cost.
 use crate::{
     ports,
     sock::Socket,

@@ -3,18 +3,19 @@
 //! One file per kernel hook, named after the hook; each opens with when the kernel calls it, what
 //! it sees and what it costs:
 //!
-//! - [`sk_lookup`]: `refuse_while_draining`, attached to the guarded namespace; answers new
-//!   connections to a draining port with a reset;
-//! - [`inet_sock_set_state`]: `follow_transitions`, BTF tracepoint on every TCP state change;
+//! - [`sk_lookup`]: `refuse_while_draining`, attached to the guarded namespace while refusing;
+//!   answers new connections to a draining port with a reset;
+//! - [`inet_sock_set_state`]: `follow_transitions`, BTF tracepoint on every TCP state change,
+//!   attached from the drain's start;
 //!   counts server-side connections as their handshake completes and as they reach TCP_CLOSE;
-//! - [`iter_tcp`]: `seed_established`, TCP socket iterator run once at start-up; records the
+//! - [`iter_tcp`]: `seed_established`, TCP socket iterator run once at drain start; records the
 //!   connections that were established before drainer started.
 //!
 //! What they share:
 //!
 //! - [`tracking`]: the counters, the switches, the event ring and the rules that keep the counts
 //!   exact;
-//! - [`seeded`]: the table of connections the start-up sweep found;
+//! - [`seeded`]: the table of connections the drain-start sweep found;
 //! - [`ports`]: which ports are guarded, and their slots;
 //! - [`sock`]: the reads of `struct sock`;
 //! - [`counter`]: the atomic adds to counts in maps;

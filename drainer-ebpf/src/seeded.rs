@@ -1,6 +1,8 @@
-//! The table of connections the start-up sweep recorded: an open-addressing hash set of socket
-//! cookies in one array map, 8 bytes a slot, sized by the loader for the sockets the namespace
-//! held at start (at most half full).
+//! The table of connections the drain-start sweep recorded: an open-addressing hash set of socket
+//! cookies in one array map, 8 bytes a slot. Userspace creates a new one at each drain start,
+//! sized for the sockets the namespace holds then (at most half full), and puts it in [`SEEDED`],
+//! a one-slot array of maps: the programs are loaded long before anyone knows how large the table
+//! must be.
 //!
 //! Entries are added only until the sweep has finished, and then only removed, so a removed slot
 //! never needs reusing and a probe can stop at the first empty one. Adding and removing the same
@@ -8,27 +10,35 @@
 //! are settled by compare-and-exchange.
 //!
 //! Every close looks here first, and a lookup touches a cold cache line of a table that can be
-//! megabytes large; [`SEEDED_ENTRIES`] lets closes skip it once the connections found at start-up
-//! are all gone — at once, on a host where drainer started before its server.
+//! megabytes large; [`SEEDED_ENTRIES`] lets closes skip it once the connections found by the sweep
+//! are all gone.
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
-use aya_ebpf::{macros::map, maps::Array};
+use aya_ebpf::{
+    bindings::BPF_F_INNER_MAP,
+    btf_maps::{Array as InnerArray, ArrayOfMaps},
+    macros::{btf_map, map},
+    maps::Array,
+};
 
-use crate::{counter, globals};
+use crate::counter;
 
-/// Slots; the loader sets the real size (a power of two).
+/// The table in use. `BPF_F_INNER_MAP`: each drain's table has its own size (a power of two), so
+/// its size is not part of the template.
+type Table = InnerArray<u64, 1, { BPF_F_INNER_MAP as usize }>;
+
+#[btf_map]
+pub static SEEDED: ArrayOfMaps<Table, 1> = ArrayOfMaps::new();
+
+/// The table's size minus one, element 0; written by userspace with the table.
 #[map]
-pub static SEEDED: Array<u64> = Array::with_max_entries(1, 0);
+pub static SEEDED_SLOT_MASK: Array<u64> = Array::with_max_entries(1, 0);
 
 /// How many cookies the table holds. An entry is counted after it is added and before it is
 /// removed, both under the socket's lock, so a socket that has an entry always sees a non-zero
 /// count.
 #[map]
 pub static SEEDED_ENTRIES: Array<i64> = Array::with_max_entries(1, 0);
-
-/// The table's size minus one; set by the loader.
-#[unsafe(no_mangle)]
-static SEEDED_SLOT_MASK: u64 = 0;
 
 const EMPTY: u64 = 0;
 const REMOVED: u64 = u64::MAX;
@@ -46,8 +56,14 @@ fn first_slot(cookie: u64) -> u64 {
     cookie.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32
 }
 
-fn slot(index: u64) -> Option<*mut u64> {
-    SEEDED.get_ptr_mut((index & globals::read(&SEEDED_SLOT_MASK)) as u32)
+/// The table and its slot mask, once userspace has put one in place.
+fn table() -> Option<(&'static Table, u64)> {
+    let mask = *SEEDED_SLOT_MASK.get(0)?;
+    Some((SEEDED.get(0)?, mask))
+}
+
+fn slot(table: &Table, mask: u64, index: u64) -> Option<*mut u64> {
+    table.get_ptr_mut((index & mask) as u32)
 }
 
 fn compare_exchange(slot: *mut u64, current: u64, new: u64) -> u64 {
@@ -67,9 +83,12 @@ pub fn any() -> bool {
 
 /// Adds `cookie` unless present.
 pub fn insert(cookie: u64) -> Insert {
+    let Some((table, mask)) = table() else {
+        return Insert::Full;
+    };
     let start = first_slot(cookie);
     for probe in 0..PROBES {
-        let Some(slot) = slot(start.wrapping_add(probe)) else {
+        let Some(slot) = slot(table, mask, start.wrapping_add(probe)) else {
             return Insert::Full;
         };
         // SAFETY: as in `compare_exchange`.
@@ -93,9 +112,12 @@ pub fn remove(cookie: u64) -> bool {
     if !any() {
         return false;
     }
+    let Some((table, mask)) = table() else {
+        return false;
+    };
     let start = first_slot(cookie);
     for probe in 0..PROBES {
-        let Some(slot) = slot(start.wrapping_add(probe)) else {
+        let Some(slot) = slot(table, mask, start.wrapping_add(probe)) else {
             return false;
         };
         // SAFETY: as in `compare_exchange`.

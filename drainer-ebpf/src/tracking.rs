@@ -1,12 +1,13 @@
 //! The live count and the rules that keep it exact, shared by the programs that see connections
 //! open and close.
 //!
-//! A connection established while drainer runs costs no memory: its passive handshake completing
+//! The programs that call this are attached only from a drain's start. A connection established
+//! during the drain costs no memory: its passive handshake completing
 //! adds one to its port's `opened` counter and its reaching TCP_CLOSE one to `closed`. Only two
 //! kinds of socket need a record, because their close must not be counted like the others:
 //!
-//! - connections that already existed when drainer started, recorded by the start-up sweep in the
-//!   [`seeded`](crate::seeded) table. Until the sweep has finished (`SWITCH_SEEDED`), a close that
+//! - connections that already existed when the drain started, recorded by the drain-start sweep in
+//!   the [`seeded`](crate::seeded) table. Until the sweep has finished (`SWITCH_SEEDED`), a close that
 //!   finds no record is one of those the sweep never reached, and is not counted; connections
 //!   established meanwhile go into the table too, so the sweep cannot count them twice.
 //! - outbound connections from a guarded port (a client bound to it, or a simultaneous open), held
@@ -14,7 +15,7 @@
 //!
 //! Every counter change is made by whichever program succeeded at the record operation (insert or
 //! remove), so two programs seeing the same socket count it once. While both tables are empty —
-//! always, on a host where drainer started before its server and nothing connects out from the
+//! once the connections found at the drain's start have closed, if nothing connects out from the
 //! guarded ports — no socket cookie is even asked for.
 //!
 //! The counters are per CPU, so connections opening and closing on different CPUs never contend
@@ -26,7 +27,7 @@ use aya_ebpf::{
 };
 use drainer_common::{
     Event, EventKind, LIVE_TCP_STATES, MAX_PORTS, PortCounters, SWITCH_COUNT, SWITCH_DRAINING,
-    SWITCH_REFUSING, SWITCH_SEEDED,
+    SWITCH_SEEDED,
 };
 
 use crate::{
@@ -76,10 +77,6 @@ fn draining() -> bool {
     switch(SWITCH_DRAINING)
 }
 
-pub fn refusing() -> bool {
-    switch(SWITCH_REFUSING)
-}
-
 fn seeded() -> bool {
     switch(SWITCH_SEEDED)
 }
@@ -123,7 +120,7 @@ fn record_seeded(cookie: u64, slot: u32) {
     }
 }
 
-/// A connection the start-up sweep found established.
+/// A connection the drain-start sweep found established.
 pub fn found_established(sk: Socket, slot: u32) {
     let cookie = sk.cookie();
     if !is_outbound(cookie) {

@@ -1,5 +1,5 @@
-//! The engine's count, exactly, on the real kernel: drainer's library attaches its programs to a
-//! test namespace where a real server accepts real connections.
+//! The engine's count, exactly, on the real kernel: drainer's library attaches its programs, as a
+//! drain's start does, to a test namespace where a real server accepts real connections.
 use std::{
     net::{SocketAddr, TcpStream},
     os::fd::AsRawFd as _,
@@ -18,13 +18,18 @@ use drainer_harness::{
 
 const PORT: u16 = 8000;
 
+/// The programs loaded and attached as at a drain's start (without refusing): from then on the
+/// counters are the count.
 fn attach(netns: &TestNetns) -> Kernel {
     let target_netns = Netns::open(netns.path()).unwrap();
-    Kernel::attach(&Target {
+    let mut kernel = Kernel::load(&Target {
         ports: &[PORT],
         netns: &target_netns,
+        privileges: &[],
     })
-    .unwrap()
+    .unwrap();
+    kernel.start_draining(false).unwrap();
+    kernel
 }
 
 /// Live sockets on the port as sock_diag (the `ss` interface) lists them: an independent count.

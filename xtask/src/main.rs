@@ -161,6 +161,8 @@ fn integration_prerequisites(command: &str) -> Result<PathBuf> {
         ("haproxy", "haproxy"),
         ("nginx", "nginx-light"),
         ("nft", "nftables"),
+        // The BPF links and program run counts of tests/tests/serving_cost.rs.
+        ("bpftool", "bpftool"),
     ])?;
     python::ensure_venv()
 }

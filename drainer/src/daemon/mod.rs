@@ -43,7 +43,9 @@ use crate::{
     },
     event_loop::{EventLoop, Input},
     kernel::{Kernel, Netns, Target},
-    system::capabilities::{self, CAP_BPF, CAP_KILL, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN},
+    system::capabilities::{
+        self, CAP_BPF, CAP_KILL, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN, Capability,
+    },
 };
 
 pub struct DaemonOptions {
@@ -78,19 +80,25 @@ pub fn daemon(options: DaemonOptions) -> Result<i32> {
     if token.is_some() && options.http.is_none() {
         bail!("--http-token-file protects the HTTP drain endpoint: give --http ADDR as well");
     }
-    let kernel = Kernel::attach(&Target {
+    let kernel = Kernel::load(&Target {
         ports: &options.ports,
         netns: &netns,
+        privileges: &needed,
     })?;
     let engine = Engine::new(
         kernel,
         Drain::new(engine::settings(&options.drain), None),
         Duration::ZERO,
     );
-    tokio_uring::start(serve(engine, options, token))
+    tokio_uring::start(serve(engine, options, token, needed))
 }
 
-async fn serve(mut engine: Engine, options: DaemonOptions, token: Option<String>) -> Result<i32> {
+async fn serve(
+    mut engine: Engine,
+    options: DaemonOptions,
+    token: Option<String>,
+    attach_privileges: Vec<Capability>,
+) -> Result<i32> {
     let mut event_loop = EventLoop::new(engine.kernel_mut())?;
     let control_listener = control::bind(&options.control_socket)?;
     let http_listener = match options.http {
@@ -101,9 +109,9 @@ async fn serve(mut engine: Engine, options: DaemonOptions, token: Option<String>
         ),
         None => None,
     };
-    // Everything privileged is done; signalling the release target (which may belong to another
-    // user) is all that is left.
-    capabilities::keep_only(&[CAP_KILL])?;
+    // What is left: signalling the release target (which may belong to another user), and
+    // attaching the programs when a drain starts.
+    capabilities::keep(&[CAP_KILL], &attach_privileges)?;
 
     let engine = Rc::new(RefCell::new(engine));
     let (commands, mut requests): (Commands, _) = mpsc::unbounded_channel();

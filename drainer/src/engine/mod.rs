@@ -297,6 +297,7 @@ impl Engine {
                     actions.extend(self.carry_out(next)?);
                 }
                 Step::Release { reason, trigger } => {
+                    self.kernel.stay_attached()?;
                     self.report_release(reason)?;
                     actions.push(Action::Release { reason, trigger });
                 }
@@ -322,13 +323,11 @@ impl Engine {
     }
 
     fn start_draining(&mut self) -> Result<()> {
-        // Flip first, read after: a close in between then either shows in the count or arrives
-        // as an event. A drain without an accept window refuses from this instant too, before
-        // its start is announced.
-        self.kernel.start_draining()?;
-        if let Phase::Draining { refusing: true, .. } = self.phase() {
-            self.kernel.start_refusing()?;
-        }
+        // Attach and sweep first, read after: a close in between then either shows in the count
+        // or arrives as an event. A drain without an accept window refuses from this instant
+        // too, before anything else is attached.
+        let refuse = matches!(self.phase(), Phase::Draining { refusing: true, .. });
+        self.kernel.start_draining(refuse)?;
         let counts = self.counts()?;
         let now = Instant::now();
         self.live_at_start = Some(counts.total().live);

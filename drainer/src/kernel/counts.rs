@@ -1,6 +1,7 @@
-//! The live count, in one place: the programs' per-CPU counters, summed in the order that keeps
-//! a zero a real zero; whether they can be trusted (no connection unrecorded, no state change
-//! missed); and the socket table, which counts instead once the tracepoint has missed a change.
+//! The live count, in one place: while serving, the socket table, read when asked; while draining,
+//! the programs' per-CPU counters, summed in the order that keeps a zero a real zero, as long as
+//! they can be trusted (no connection unrecorded, no state change missed), and the socket table
+//! again once the tracepoint has missed a change.
 use std::{
     cell::Cell,
     time::{Duration, Instant},
@@ -28,7 +29,8 @@ pub struct PortCount {
     pub port: u16,
     /// Established server-side connections that have not reached TCP_CLOSE.
     pub live: i64,
-    /// Server-side connections established since drainer started (or found by its sweep).
+    /// Server-side connections established since the drain started, or found by its sweep; 0
+    /// while serving.
     pub opened: u64,
     pub refused: u64,
     pub untracked: u64,
@@ -73,6 +75,16 @@ impl Counts {
         self.from_socket_table = true;
     }
 
+    /// Counters that speak of the last drain, cleared while serving: only `refused` totals over
+    /// drains.
+    fn serving(&mut self) {
+        for port in &mut self.ports {
+            port.opened = 0;
+            port.untracked = 0;
+        }
+        self.missed_state_changes = 0;
+    }
+
     pub fn opened(&self) -> u64 {
         self.ports.iter().map(|c| c.opened).sum()
     }
@@ -101,14 +113,26 @@ impl Counter {
         }
     }
 
+    /// A new drain: its counters start afresh.
+    pub(super) fn restart(&self) {
+        self.table_read_at.set(None);
+    }
+
     pub(super) fn table(&self) -> &SocketTable {
         &self.table
     }
 
-    /// Once the tracepoint has missed a state change the counters may be off by any amount, in
-    /// either direction, for good; the socket table is then the count — a dump per read.
+    /// While serving nothing follows connections, and the socket table is the count. Once the
+    /// tracepoint has missed a state change the counters may be off by any amount, in either
+    /// direction, for good; the socket table is then the count too — a dump per read.
     pub(super) fn read(&self, programs: &Programs) -> Result<Counts> {
         let mut counts = programs.counters()?;
+        if !programs.tracking() {
+            counts.serving();
+            let listed = self.table.sockets(programs.ports())?;
+            counts.recount(listed.values().map(|socket| socket.local_port));
+            return Ok(counts);
+        }
         if counts.missed_state_changes > 0 && counts.untracked() == 0 {
             let listed = self.table.sockets(programs.ports())?;
             counts.recount(listed.values().map(|socket| socket.local_port));

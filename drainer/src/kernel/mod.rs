@@ -1,15 +1,21 @@
 //! drainer's kernel side, as one handle: the port claims, the loaded programs and their maps, the
 //! socket table, and the live count read from them.
 //!
+//! What runs when: at start-up the programs are loaded and verified and nothing is attached, so a
+//! serving drainer costs nothing per packet or connection anywhere on the host, and the count
+//! comes from the socket table when asked. A drain attaches the refusal hook (at once, or when
+//! its accept window ends), then the tracepoint, then sweeps the connections that exist; from
+//! then on the counters are the count. Resuming detaches everything again.
+//!
 //! | module | owns |
 //! |---|---|
-//! | `programs` | loading the eBPF object, attaching its programs in order, seeding, the maps |
+//! | `programs` | loading the eBPF object, attaching its programs in order at a drain's start, seeding, the maps |
 //! | `counts` | the live count: counters, exactness, the socket-table fallback |
 //! | `socket_table` | NETLINK_SOCK_DIAG: naming live connections, counting when the counters cannot |
 //! | `netns` | opening a network namespace, running work inside it |
 //! | `claim` | one drainer per port and namespace |
 //! | `layout` | struct offsets from the running kernel's BTF |
-//! | `seeded_table` | sizing the table of connections found at start-up |
+//! | `seeded_table` | sizing the table of connections found at a drain's start |
 //! | `features` | the kernel features the programs need, and since when |
 //! | `idleness` | which live connections are idle, for drains that release on idleness |
 mod claim;
@@ -34,33 +40,37 @@ pub use self::{
     netns::Netns,
     socket_table::{SocketTable, TableSocket},
 };
+use crate::system::capabilities::{self, Capability};
 
 /// What to guard: ports in one network namespace.
 pub struct Target<'a> {
     pub ports: &'a [u16],
     pub netns: &'a Netns,
+    /// What attaching the programs at a drain's start needs; held, not effective, until then.
+    pub privileges: &'a [Capability],
 }
 
-/// The attached programs, with everything that reads them. Dropping it detaches everything.
+/// The loaded programs, with everything that attaches and reads them. Dropping it detaches
+/// everything.
 pub struct Kernel {
     programs: Programs,
     counter: Counter,
+    privileges: Vec<Capability>,
     /// Held until drainer exits: no other drainer can guard these ports meanwhile.
     _claims: PortClaims,
 }
 
 impl Kernel {
-    /// Claims the ports, loads and attaches the programs, then seeds the connections that were
-    /// already established. On return every established connection to the ports is counted,
-    /// and every later one will be.
-    pub fn attach(target: &Target<'_>) -> Result<Self> {
+    /// Claims the ports and loads the programs, attaching none.
+    pub fn load(target: &Target<'_>) -> Result<Self> {
         let claims = claim::claim(target.ports, target.netns)?;
-        let programs = Programs::attach(target)?;
+        let programs = Programs::load(target)?;
         // Opened inside the guarded namespace: the socket table lists that namespace's sockets.
         let table = target.netns.run_inside(SocketTable::open)?;
         let kernel = Self {
             programs,
             counter: Counter::new(table),
+            privileges: target.privileges.to_vec(),
             _claims: claims,
         };
         let count = kernel.counts()?.total();
@@ -83,7 +93,8 @@ impl Kernel {
         self.programs.ports()
     }
 
-    /// The counts now: from the counters, or from the socket table once they cannot be trusted.
+    /// The counts now: from the counters while a drain runs, from the socket table while serving
+    /// or once the counters cannot be trusted.
     pub fn counts(&self) -> Result<Counts> {
         self.counter.read(&self.programs)
     }
@@ -111,20 +122,34 @@ impl Kernel {
         Ok(idleness)
     }
 
-    /// From now on count changes are announced through the ring buffer [`Kernel::take_events`]
-    /// returns.
-    pub fn start_draining(&mut self) -> Result<()> {
-        self.programs.start_draining()
+    /// Attaches the programs: the refusal hook first when `refuse` (new connections refused from
+    /// this instant), then the tracepoint, then the sweep of the connections that exist. On return
+    /// the counters hold the exact count, and count changes are announced through the ring
+    /// buffer [`Kernel::take_events`] returns.
+    pub fn start_draining(&mut self, refuse: bool) -> Result<()> {
+        let _raised = capabilities::raise(&self.privileges)?;
+        if refuse {
+            self.programs.start_refusing()?;
+        }
+        self.counter.restart();
+        self.programs.start_tracking()
     }
 
     /// From now on every new connection to the ports is refused.
     pub fn start_refusing(&mut self) -> Result<()> {
+        let _raised = capabilities::raise(&self.privileges)?;
         self.programs.start_refusing()
     }
 
-    /// New connections are accepted again, and count changes no longer announced.
+    /// New connections are accepted again, and every program is detached.
     pub fn resume(&mut self) -> Result<()> {
         self.programs.resume()
+    }
+
+    /// The programs stay attached until drainer exits: the privileges to attach them are given
+    /// up for good.
+    pub fn stay_attached(&mut self) -> Result<()> {
+        capabilities::give_up(&std::mem::take(&mut self.privileges))
     }
 
     /// The ring buffer that carries count changes while draining.

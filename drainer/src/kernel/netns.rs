@@ -45,6 +45,17 @@ impl Netns {
         })
     }
 
+    /// A second handle on the same namespace.
+    pub fn try_clone(&self) -> Result<Self> {
+        Ok(Self {
+            file: self
+                .file
+                .try_clone()
+                .with_context(|| format!("duplicating the handle on {}", self.path.display()))?,
+            path: self.path.clone(),
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -1,5 +1,6 @@
-//! The embedded eBPF object, loaded: its programs attached in the order that leaves no connection
-//! uncounted, the connections that already exist seeded, and its maps read or flipped.
+//! The embedded eBPF object: loaded and verified at start-up, attached only while a drain runs — in
+//! the order that leaves no connection uncounted, the connections that already exist seeded —
+//! and its maps read or flipped.
 //!
 //! Nothing is pinned: every program hangs off a link owned by this process, so when drainer exits
 //! or dies the kernel detaches them and the ports behave as if drainer had never run.
@@ -13,11 +14,13 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, Iter, SkLookup},
+    maps::{Array, ArrayOfMaps, HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf},
+    programs::{
+        BtfTracePoint, Iter, SkLookup, sk_lookup::SkLookupLinkId, tp_btf::BtfTracePointLinkId,
+    },
 };
 use aya_log::EbpfLogger;
-use drainer_common::{MAX_PORTS, PortCounters, SWITCH_DRAINING, SWITCH_REFUSING, SWITCH_SEEDED};
+use drainer_common::{MAX_PORTS, PortCounters, SWITCH_DRAINING, SWITCH_SEEDED};
 
 use super::{
     Target,
@@ -30,7 +33,10 @@ use super::{
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/drainer"));
 
-/// How long after the sweep connections still count as found by it; see `attach`.
+/// include/uapi/linux/bpf.h: an inner map whose size is not part of its array of maps' template.
+const BPF_F_INNER_MAP: u32 = 1 << 12;
+
+/// How long after the sweep connections still count as found by it; see `start_tracking`.
 const SEED_SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The programs' log statements cost a ring-buffer write each; compile out (at load time) the
@@ -91,18 +97,24 @@ fn guarded_ports(ports: &[u16]) -> ([u16; MAX_PORTS as usize], u64) {
     (list, filter)
 }
 
-/// The attached programs and their maps.
+/// The loaded programs and their maps; attached only while a drain runs.
 pub(super) struct Programs {
     ebpf: Ebpf,
     ports: Vec<u16>,
+    netns: Netns,
     /// /proc/self/fdinfo of the tracepoint program, where the kernel reports its missed runs.
     transitions_fdinfo: PathBuf,
+    /// The tracepoint's missed runs before the current drain attached it: the count cares only
+    /// about those since.
+    missed_before: u64,
+    transitions: Option<BtfTracePointLinkId>,
+    refusal: Option<SkLookupLinkId>,
 }
 
 impl Programs {
-    /// Loads and attaches everything, then seeds the connections that were already established.
-    /// On return every established connection to the ports is counted, and every later one will be.
-    pub(super) fn attach(target: &Target<'_>) -> Result<Self> {
+    /// Loads the programs and maps into the kernel, where the verifier checks them, and attaches
+    /// nothing: while serving, no program runs.
+    pub(super) fn load(target: &Target<'_>) -> Result<Self> {
         if target.ports.is_empty() || target.ports.len() > MAX_PORTS as usize {
             bail!(
                 "drainer guards between 1 and {MAX_PORTS} ports, not {}",
@@ -117,8 +129,6 @@ impl Programs {
         })?;
         let layout = KernelLayout::of_running_kernel()?;
         let netns_cookie = target.netns.cookie()?;
-        let seeded_slots = target.netns.run_inside(seeded_table::slots)?;
-        let seeded_slot_mask = u64::from(seeded_slots - 1);
         let (port_list, port_filter) = guarded_ports(target.ports);
         let port_count = target.ports.len() as u64;
         let ebpf_log_level = ebpf_log_level();
@@ -131,39 +141,35 @@ impl Programs {
             .override_global("GUARDED_PORTS", &port_list, true)
             .override_global("GUARDED_PORT_COUNT", &port_count, true)
             .override_global("GUARDED_PORT_FILTER", &port_filter, true)
-            .override_global("SEEDED_SLOT_MASK", &seeded_slot_mask, true)
             .override_global("AYA_LOG_LEVEL", &ebpf_log_level, true)
-            .map_max_entries("SEEDED", seeded_slots)
             .load(EBPF_OBJECT)
             .context("loading drainer's eBPF object into the kernel")?;
         let mut programs = Self {
             ebpf,
             ports: target.ports.to_vec(),
+            netns: target.netns.try_clone()?,
             transitions_fdinfo: PathBuf::new(),
+            missed_before: 0,
+            transitions: None,
+            refusal: None,
         };
-
-        // Order matters: state changes are followed before the existing connections are swept,
-        // so no connection falls between the two; see drainer-ebpf/src/tracking.rs.
-        programs.attach_transitions(&btf)?;
-        programs.seed(&btf, target.netns)?;
-        // A socket the sweep missed because it was closing — out of the hash table, or replaced
-        // there by its TIME_WAIT mini-socket — can still be on its way to reporting its close;
-        // give it time to report while such closes are not counted.
-        std::thread::sleep(SEED_SETTLE);
-        programs.set_switch(SWITCH_SEEDED, true)?;
-        programs.attach_refuse(target.netns)?;
+        programs.load_transitions(&btf)?;
+        let iterator: &mut Iter = programs.program_mut("seed_established")?.try_into()?;
+        iterator
+            .load("tcp", &btf)
+            .with_context(|| TCP_ITER.missing())?;
+        let refusal: &mut SkLookup = programs.program_mut("refuse_while_draining")?.try_into()?;
+        refusal.load().with_context(|| SK_LOOKUP.missing())?;
+        drop(btf);
         release_freed_memory();
         Ok(programs)
     }
 
-    fn attach_transitions(&mut self, btf: &Btf) -> Result<()> {
+    fn load_transitions(&mut self, btf: &Btf) -> Result<()> {
         let program: &mut BtfTracePoint = self.program_mut("follow_transitions")?.try_into()?;
         program
             .load("inet_sock_set_state", btf)
             .with_context(|| TP_BTF.missing())?;
-        program
-            .attach()
-            .context("attaching the inet_sock_set_state tracepoint")?;
         self.transitions_fdinfo =
             Path::new("/proc/self/fdinfo").join(program.fd()?.as_fd().as_raw_fd().to_string());
         // Fails now, not mid-drain, on a kernel that does not report missed runs.
@@ -171,8 +177,102 @@ impl Programs {
         Ok(())
     }
 
+    /// Whether the programs follow connections (a drain has started and not been resumed).
+    pub(super) fn tracking(&self) -> bool {
+        self.transitions.is_some()
+    }
+
+    /// Starts following connections: fresh counters and tables, the tracepoint attached, then the
+    /// connections that already exist swept. On return every established connection to the
+    /// ports is counted, and every later one will be; count changes are announced through
+    /// [`Programs::take_events`].
+    pub(super) fn start_tracking(&mut self) -> Result<()> {
+        if self.tracking() {
+            return Ok(());
+        }
+        // Nothing is attached: nothing else writes the maps.
+        self.reset_counters()?;
+        self.new_seeded_table()?;
+        self.forget_outbound()?;
+        self.set_switch(SWITCH_SEEDED, false)?;
+        self.set_switch(SWITCH_DRAINING, true)?;
+
+        // Order matters: state changes are followed before the existing connections are swept,
+        // so no connection falls between the two; see drainer-ebpf/src/tracking.rs.
+        self.missed_before = self.missed_state_changes()?;
+        let program: &mut BtfTracePoint = self.program_mut("follow_transitions")?.try_into()?;
+        self.transitions = Some(
+            program
+                .attach()
+                .context("attaching the inet_sock_set_state tracepoint")?,
+        );
+        self.seed()?;
+        // A socket the sweep missed because it was closing — out of the hash table, or replaced
+        // there by its TIME_WAIT mini-socket — can still be on its way to reporting its close;
+        // give it time to report while such closes are not counted.
+        std::thread::sleep(SEED_SETTLE);
+        self.set_switch(SWITCH_SEEDED, true)
+    }
+
+    /// Zeroes every port's counters but `refused`, which totals over drains.
+    fn reset_counters(&mut self) -> Result<()> {
+        let mut counters: PerCpuArray<_, PortCounters> =
+            PerCpuArray::try_from(self.map_mut("PORT_COUNTERS")?).context("PORT_COUNTERS map")?;
+        for slot in 0..MAX_PORTS {
+            let per_cpu: Vec<PortCounters> = counters
+                .get(&slot, 0)
+                .context("reading PORT_COUNTERS")?
+                .iter()
+                .map(|c| PortCounters {
+                    refused: c.refused,
+                    ..PortCounters::default()
+                })
+                .collect();
+            counters
+                .set(slot, PerCpuValues::try_from(per_cpu)?, 0)
+                .context("resetting PORT_COUNTERS")?;
+        }
+        Ok(())
+    }
+
+    /// A new, empty table for the connections the sweep finds, sized for the sockets the
+    /// namespace holds now.
+    fn new_seeded_table(&mut self) -> Result<()> {
+        let slots = self.netns.run_inside(seeded_table::slots)?;
+        let table = Array::<MapData, u64>::create(slots, BPF_F_INNER_MAP)
+            .with_context(|| format!("creating a table of {slots} seeded connections"))?;
+        let mut tables: ArrayOfMaps<_, Array<MapData, u64>> =
+            ArrayOfMaps::try_from(self.map_mut("SEEDED")?).context("SEEDED map")?;
+        tables.set(0, &table, 0).context("installing SEEDED")?;
+        let mut mask: Array<_, u64> =
+            Array::try_from(self.map_mut("SEEDED_SLOT_MASK")?).context("SEEDED_SLOT_MASK map")?;
+        mask.set(0, &u64::from(slots - 1), 0)
+            .context("setting SEEDED_SLOT_MASK")?;
+        self.set_entries("SEEDED_ENTRIES", 0)
+    }
+
+    /// Forgets the outbound connections a previous drain recorded: any of them may have closed
+    /// while nothing followed them.
+    fn forget_outbound(&mut self) -> Result<()> {
+        let mut outbound: HashMap<_, u64, u8> =
+            HashMap::try_from(self.map_mut("OUTBOUND")?).context("OUTBOUND map")?;
+        let cookies: Vec<u64> = outbound.keys().collect::<Result<_, _>>()?;
+        for cookie in cookies {
+            outbound.remove(&cookie).context("clearing OUTBOUND")?;
+        }
+        self.set_entries("OUTBOUND_ENTRIES", 0)
+    }
+
+    fn set_entries(&mut self, name: &str, value: i64) -> Result<()> {
+        let mut entries: Array<_, i64> =
+            Array::try_from(self.map_mut(name)?).with_context(|| format!("{name} map"))?;
+        entries
+            .set(0, &value, 0)
+            .with_context(|| format!("resetting {name}"))
+    }
+
     /// How many times the kernel skipped the tracepoint program because it was already running
-    /// on that CPU.
+    /// on that CPU, since the program was loaded.
     fn missed_state_changes(&self) -> Result<u64> {
         let fdinfo = fs::read_to_string(&self.transitions_fdinfo)
             .with_context(|| format!("reading {}", self.transitions_fdinfo.display()))?;
@@ -185,45 +285,46 @@ impl Programs {
         })
     }
 
-    fn seed(&mut self, btf: &Btf, netns: &Netns) -> Result<()> {
+    fn seed(&mut self) -> Result<()> {
         let program: &mut Iter = self.program_mut("seed_established")?.try_into()?;
-        program
-            .load("tcp", btf)
-            .with_context(|| TCP_ITER.missing())?;
         let link_id = program.attach().context("attaching the TCP iterator")?;
         let link = program.take_link(link_id)?;
         // The iterator walks the sockets of the namespace it is created in.
-        netns.run_inside(move || {
+        self.netns.run_inside(move || {
             let iterator = link.into_file().context("creating the TCP iterator")?;
             walk(iterator).context("walking the TCP sockets")
         })
     }
 
-    fn attach_refuse(&mut self, netns: &Netns) -> Result<()> {
-        let program: &mut SkLookup = self.program_mut("refuse_while_draining")?.try_into()?;
-        program.load().with_context(|| SK_LOOKUP.missing())?;
-        program.attach(netns).with_context(|| {
-            format!(
-                "attaching sk_lookup to network namespace {}",
-                netns.path().display()
-            )
-        })?;
+    /// From now on every new connection to the ports is refused.
+    pub(super) fn start_refusing(&mut self) -> Result<()> {
+        if self.refusal.is_some() {
+            return Ok(());
+        }
+        let netns = &self.netns;
+        let description = netns.path().display().to_string();
+        let program: &mut SkLookup = self
+            .ebpf
+            .program_mut("refuse_while_draining")
+            .context("the eBPF object has no program refuse_while_draining")?
+            .try_into()?;
+        self.refusal =
+            Some(program.attach(netns).with_context(|| {
+                format!("attaching sk_lookup to network namespace {description}")
+            })?);
         Ok(())
     }
 
-    /// From now on count changes are announced through [`Programs::take_events`].
-    pub(super) fn start_draining(&mut self) -> Result<()> {
-        self.set_switch(SWITCH_DRAINING, true)
-    }
-
-    /// From now on every new connection to the ports is refused.
-    pub(super) fn start_refusing(&mut self) -> Result<()> {
-        self.set_switch(SWITCH_REFUSING, true)
-    }
-
-    /// New connections are accepted again, and count changes no longer announced.
+    /// Back to serving: new connections accepted, and every program detached.
     pub(super) fn resume(&mut self) -> Result<()> {
-        self.set_switch(SWITCH_REFUSING, false)?;
+        if let Some(link) = self.refusal.take() {
+            let program: &mut SkLookup = self.program_mut("refuse_while_draining")?.try_into()?;
+            program.detach(link).context("detaching sk_lookup")?;
+        }
+        if let Some(link) = self.transitions.take() {
+            let program: &mut BtfTracePoint = self.program_mut("follow_transitions")?.try_into()?;
+            program.detach(link).context("detaching the tracepoint")?;
+        }
         self.set_switch(SWITCH_DRAINING, false)
     }
 
@@ -243,7 +344,7 @@ impl Programs {
         let ports = self.port_counts()?;
         Ok(Counts {
             ports,
-            missed_state_changes: self.missed_state_changes()?,
+            missed_state_changes: self.missed_state_changes()? - self.missed_before,
             from_socket_table: false,
         })
     }

@@ -31,6 +31,7 @@ use crate::{
     kernel::{Kernel, Netns, Target},
     system::capabilities::{
         self, CAP_BPF, CAP_KILL, CAP_NET_ADMIN, CAP_PERFMON, CAP_SETGID, CAP_SETPCAP, CAP_SETUID,
+        Capability,
     },
 };
 
@@ -53,6 +54,9 @@ const FORWARDED: [Signal; 5] = [
     Signal::SIGWINCH,
 ];
 
+/// What attaching the programs at a drain's start needs.
+const ATTACH_PRIVILEGES: [Capability; 3] = [CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON];
+
 /// Runs the command under drainer's guard; returns the exit code drainer should exit with.
 pub fn run(options: RunOptions) -> Result<i32> {
     let identity = options
@@ -60,16 +64,17 @@ pub fn run(options: RunOptions) -> Result<i32> {
         .as_deref()
         .map(|user| Identity::resolve(user, options.group.as_deref()))
         .transpose()?;
-    let mut needed = vec![CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SETPCAP];
+    let mut needed = [ATTACH_PRIVILEGES.as_slice(), &[CAP_SETPCAP]].concat();
     if identity.is_some() {
         needed.extend([CAP_SETUID, CAP_SETGID, CAP_KILL]);
     }
     capabilities::require(&needed)?;
     let privileges = ChildPrivileges::new(identity)?;
     let netns = Netns::current()?;
-    let kernel = Kernel::attach(&Target {
+    let kernel = Kernel::load(&Target {
         ports: &options.ports,
         netns: &netns,
+        privileges: &ATTACH_PRIVILEGES,
     })?;
     let drain = Drain::new(engine::settings(&options.drain), Some(options.kill_after));
     let engine = Engine::new(kernel, drain, options.kill_after);
@@ -93,8 +98,9 @@ async fn supervise(
 
     let child = watch(Child::spawn(&options.command, &privileges)?)
         .context("watching the command's pidfd")?;
-    // Signalling the server (which may run as another user) is all that is left to do.
-    capabilities::keep_only(&[CAP_KILL])?;
+    // Signalling the server (which may run as another user) is all that is left to do, and
+    // attaching the programs when a drain starts.
+    capabilities::keep(&[CAP_KILL], &ATTACH_PRIVILEGES)?;
     info!(
         pid = child.get_ref().pid().as_raw(),
         "started {}",

@@ -151,6 +151,18 @@ impl CapabilitySets {
         word.inheritable &= bit;
     }
 
+    /// Adds or removes `cap` in the effective set; adding needs it in the permitted set.
+    pub fn set_effective(&mut self, cap: u32, on: bool) {
+        let Some(word) = self.data.get_mut((cap / 32) as usize) else {
+            return;
+        };
+        if on {
+            word.effective |= 1 << (cap % 32);
+        } else {
+            word.effective &= !(1 << (cap % 32));
+        }
+    }
+
     pub fn install(&self) -> io::Result<()> {
         let mut header = CapHeader {
             version: CAPABILITY_VERSION_3,
@@ -167,19 +179,73 @@ impl CapabilitySets {
 /// Drops every capability but `kept` from all of drainer's own sets, bounding included: what
 /// start-up needed is done, and an exploited drainer should not hold it any more.
 pub fn keep_only(kept: &[Capability]) -> Result<()> {
-    let kept = |cap: u32| kept.iter().any(|k| k.bit == cap);
+    keep(kept, &[])
+}
+
+/// Leaves `effective` effective and `held` only permitted — out of use until [`raise`]d — and
+/// drops every other capability from all of drainer's own sets, bounding included.
+pub fn keep(effective: &[Capability], held: &[Capability]) -> Result<()> {
+    let named = |list: &[Capability], cap: u32| list.iter().any(|k| k.bit == cap);
     let last = last_capability()?;
     let mut sets = CapabilitySets::current().context("capget")?;
     // Only exec consults the bounding set, and drainer execs nothing after start-up: trimming it
     // is thoroughness, done when drainer holds CAP_SETPCAP (as root does) and skipped otherwise.
     if sets.effective(CAP_SETPCAP.bit) {
-        for cap in (0..=last).filter(|&cap| !kept(cap)) {
+        for cap in (0..=last).filter(|&cap| !named(effective, cap)) {
             drop_from_bounding_set(cap)
                 .with_context(|| format!("dropping capability {cap} from the bounding set"))?;
         }
     }
-    for cap in (0..=last).filter(|&cap| !kept(cap)) {
-        sets.remove(cap);
+    for cap in 0..=last {
+        if named(effective, cap) {
+            continue;
+        }
+        if named(held, cap) {
+            sets.set_effective(cap, false);
+        } else {
+            sets.remove(cap);
+        }
+    }
+    sets.install().context("capset")
+}
+
+/// Makes `caps` effective — each must be permitted — until the guard is dropped.
+pub fn raise(caps: &[Capability]) -> Result<Raised> {
+    let mut sets = CapabilitySets::current().context("capget")?;
+    for cap in caps {
+        sets.set_effective(cap.bit, true);
+    }
+    sets.install().with_context(|| {
+        format!(
+            "raising {} again: drainer no longer holds them",
+            caps.iter().map(|c| c.name).collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    Ok(Raised(caps.to_vec()))
+}
+
+/// Capabilities [`raise`]d for a moment; lowered again when dropped.
+pub struct Raised(Vec<Capability>);
+
+impl Drop for Raised {
+    fn drop(&mut self) {
+        let lowered = CapabilitySets::current().and_then(|mut sets| {
+            for cap in &self.0 {
+                sets.set_effective(cap.bit, false);
+            }
+            sets.install()
+        });
+        if let Err(err) = lowered {
+            tracing::warn!("could not lower capabilities after attaching: {err}");
+        }
+    }
+}
+
+/// Removes `caps` from every set for good.
+pub fn give_up(caps: &[Capability]) -> Result<()> {
+    let mut sets = CapabilitySets::current().context("capget")?;
+    for cap in caps {
+        sets.remove(cap.bit);
     }
     sets.install().context("capset")
 }
