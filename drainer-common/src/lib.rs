@@ -12,11 +12,9 @@ pub mod protocol;
 pub const MAX_PORTS: u32 = 64;
 
 /// Indices in the `SWITCHES` array, each 0 or 1, written by userspace.
-/// Draining: count changes are announced through the `EVENTS` ring buffer.
-pub const SWITCH_DRAINING: u32 = 0;
 /// Seeded: the drain-start sweep of existing connections has finished.
-pub const SWITCH_SEEDED: u32 = 1;
-pub const SWITCH_COUNT: u32 = 2;
+pub const SWITCH_SEEDED: u32 = 0;
+pub const SWITCH_COUNT: u32 = 1;
 
 /// `TCP_*` states from include/net/tcp_states.h that the programs tell apart.
 pub const TCP_ESTABLISHED: u8 = 1;

@@ -26,8 +26,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use drainer_common::{
-    Event, EventKind, LIVE_TCP_STATES, MAX_PORTS, PortCounters, SWITCH_COUNT, SWITCH_DRAINING,
-    SWITCH_SEEDED,
+    Event, EventKind, LIVE_TCP_STATES, MAX_PORTS, PortCounters, SWITCH_COUNT, SWITCH_SEEDED,
 };
 
 use crate::{
@@ -56,8 +55,9 @@ pub static OUTBOUND: HashMap<u64, u8> = HashMap::with_max_entries(65_536, BPF_F_
 #[map]
 pub static OUTBOUND_ENTRIES: Array<i64> = Array::with_max_entries(1, 0);
 
-/// Count changes while draining, so userspace wakes on the change rather than polling, and any
-/// connection that could not be recorded, so it learns at once that the count is unknown.
+/// Count changes, so userspace wakes on the change rather than polling, and any connection that
+/// could not be recorded, so it learns at once that the count is unknown. The programs run only
+/// while draining, so every event is a drain's.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
@@ -71,10 +71,6 @@ pub fn live(state: u8) -> bool {
 
 fn switch(index: u32) -> bool {
     SWITCHES.get(index).is_some_and(|v| *v != 0)
-}
-
-fn draining() -> bool {
-    switch(SWITCH_DRAINING)
 }
 
 fn seeded() -> bool {
@@ -96,20 +92,20 @@ pub fn count_refused(slot: u32) {
 fn count_untracked(slot: u32) {
     // SAFETY: as in `count_refused`.
     bump(|c| unsafe { &raw mut (*c).untracked }, slot);
-    // Announced even while serving: the operator learns of it when it happens, not at the drain.
+    // The operator learns of it when it happens, not at the deadline.
     announce(slot, EventKind::Untracked);
 }
 
 fn count_opened(slot: u32) {
     // SAFETY: as in `count_refused`.
     bump(|c| unsafe { &raw mut (*c).opened }, slot);
-    notify(slot, EventKind::Opened);
+    announce(slot, EventKind::Opened);
 }
 
 fn count_closed(slot: u32) {
     // SAFETY: as in `count_refused`.
     bump(|c| unsafe { &raw mut (*c).closed }, slot);
-    notify(slot, EventKind::Closed);
+    announce(slot, EventKind::Closed);
 }
 
 fn record_seeded(cookie: u64, slot: u32) {
@@ -191,12 +187,6 @@ pub fn closed(sk: Socket, slot: u32, was_live: bool) {
     }
     if was_live && seeded() {
         count_closed(slot);
-    }
-}
-
-fn notify(slot: u32, kind: EventKind) {
-    if draining() {
-        announce(slot, kind);
     }
 }
 

@@ -20,7 +20,7 @@ use aya::{
     },
 };
 use aya_log::EbpfLogger;
-use drainer_common::{MAX_PORTS, PortCounters, SWITCH_DRAINING, SWITCH_SEEDED};
+use drainer_common::{MAX_PORTS, PortCounters, SWITCH_SEEDED};
 
 use super::{
     Target,
@@ -195,7 +195,6 @@ impl Programs {
         self.new_seeded_table()?;
         self.forget_outbound()?;
         self.set_switch(SWITCH_SEEDED, false)?;
-        self.set_switch(SWITCH_DRAINING, true)?;
 
         // Order matters: state changes are followed before the existing connections are swept,
         // so no connection falls between the two; see drainer-ebpf/src/tracking.rs.
@@ -325,7 +324,7 @@ impl Programs {
             let program: &mut BtfTracePoint = self.program_mut("follow_transitions")?.try_into()?;
             program.detach(link).context("detaching the tracepoint")?;
         }
-        self.set_switch(SWITCH_DRAINING, false)
+        Ok(())
     }
 
     fn set_switch(&mut self, index: u32, on: bool) -> Result<()> {
