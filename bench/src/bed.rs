@@ -54,7 +54,7 @@ impl Bed {
         process
     }
 
-    /// `drainer daemon` guarding the port, once attached.
+    /// `drainer daemon` guarding the port, once serving.
     pub fn daemon(&self) -> Process {
         let socket = self.dir.path().join("drainer.sock");
         let mut command = drainer_command(

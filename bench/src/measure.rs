@@ -3,13 +3,15 @@
 use std::{
     io::ErrorKind,
     net::TcpStream,
+    os::fd::{AsFd as _, AsRawFd as _},
     sync::atomic::{AtomicU64, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
+use aya::maps::{ArrayOfMaps, Map, MapData, MapError, MapType};
 use drainer_harness::{
-    drainer::{drainer_command, status_json},
+    drainer::{drainer_command, live_field, status_json},
     process::{Process, monotonic_now},
 };
 use nix::sys::signal::Signal;
@@ -24,9 +26,9 @@ use crate::{
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
-    /// Nothing attached: the limit.
+    /// No drainer: the limit.
     Bare,
-    /// drainer attached and serving.
+    /// drainer serving (it attaches nothing before a drain).
     Drainer,
     /// An nftables REJECT rule in place while serving.
     Nftables,
@@ -254,15 +256,22 @@ pub fn refusal_activation(bed: &Bed, drains: usize) -> Latencies {
     Latencies::of(&samples)
 }
 
-/// Measurement 5: One scale point.
+/// Measurement 5: One scale point: a serving daemon with the connections already there, then
+/// drained.
 #[derive(Debug)]
 pub struct Scale {
+    /// The status's count while serving (from sock_diag).
+    pub serving: i64,
+    /// The drain's first exact count, and `ss`'s after it.
     pub counted: i64,
     pub ss: usize,
-    pub attach_and_seed: Duration,
-    /// Kernel memory of all the daemon's maps, total and per connection above an idle daemon's.
+    /// SIGTERM → the log line with the drain's first exact count.
+    pub first_count: Duration,
+    /// Kernel memory of all the daemon's maps once draining, total and per connection above an
+    /// idle serving daemon's.
     pub map_bytes: u64,
     pub map_bytes_per_connection: f64,
+    /// The daemon's resident memory once draining.
     pub daemon_rss_bytes: u64,
 }
 
@@ -272,9 +281,9 @@ pub fn scale(bed: &Bed, connections: usize) -> Scale {
     let addr = bed.server_addr().to_string();
     let listeners = (connections / 30_000 + 1).to_string();
     let server = bed.role(&["serve-hold", &addr, &listeners], "listening");
-    let empty = bed.daemon();
-    let empty_map = map_memlock(empty.pid().as_raw());
-    drop(empty);
+    let idle = bed.daemon();
+    let idle_map = map_memlock(idle.pid().as_raw());
+    drop(idle);
 
     let mut clients = Vec::new();
     let mut opened = 0;
@@ -298,45 +307,80 @@ pub fn scale(bed: &Bed, connections: usize) -> Scale {
         client.wait_for("held", Duration::from_secs(600));
     }
 
-    let started = monotonic_now();
     let daemon = bed.daemon();
-    let attached = daemon.wait_for("control socket", Duration::from_secs(1)).at;
     let status = status_json(&bed.dir.path().join("drainer.sock"));
+    let signalled = monotonic_now();
+    daemon.signal(Signal::SIGTERM);
+    let first_count = daemon.wait_for("draining:", Duration::from_secs(60));
+    // Read once draining: the table of the connections found by the sweep exists only then.
     let map_bytes = map_memlock(daemon.pid().as_raw());
     let result = Scale {
-        counted: status["live"].as_i64().unwrap_or(-1),
+        serving: status["live"].as_i64().unwrap_or(-1),
+        counted: live_field(&first_count.text),
         ss: bed.ss_count(),
-        attach_and_seed: Duration::from_secs_f64(attached - started),
+        first_count: Duration::from_secs_f64(first_count.at - signalled),
         map_bytes,
-        map_bytes_per_connection: (map_bytes.saturating_sub(empty_map)) as f64 / connections as f64,
+        map_bytes_per_connection: (map_bytes.saturating_sub(idle_map)) as f64 / connections as f64,
         daemon_rss_bytes: rss(daemon.pid().as_raw()),
     };
+    // Killed while still draining: the connections stay until the clients go.
     drop(daemon);
     drop(clients);
     drop(server);
     result
 }
 
-/// `memlock:` of all the daemon's BPF maps together, from fdinfo.
+/// `memlock:` of all the daemon's BPF maps together, from fdinfo, with the maps its arrays of maps
+/// hold: the daemon keeps no descriptor of those (SEEDED's table is reachable only through SEEDED).
 fn map_memlock(pid: i32) -> u64 {
-    let dir = format!("/proc/{pid}/fdinfo");
     let mut total = 0;
-    for entry in std::fs::read_dir(&dir).expect("fdinfo").flatten() {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .expect("fdinfo")
+        .flatten()
+    {
         let Ok(info) = std::fs::read_to_string(entry.path()) else {
             continue;
         };
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(str::trim)
+        let Some(map_type) = fdinfo_field(&info, "map_type:") else {
+            continue;
         };
-        if field("map_type:").is_some() {
-            total += field("memlock:")
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
+        total += fdinfo_field(&info, "memlock:").unwrap_or(0);
+        if map_type == MapType::ArrayOfMaps as u64 {
+            let id = fdinfo_field(&info, "map_id:").expect("map_id in a map's fdinfo");
+            total += held_maps_memlock(id as u32);
         }
     }
     total
+}
+
+/// `memlock:` of the maps the array of maps `id` holds, through descriptors of our own.
+fn held_maps_memlock(id: u32) -> u64 {
+    let outer = MapData::from_id(id).expect("open an array of maps by id");
+    let outer: ArrayOfMaps<MapData, MapData> = Map::from_map_data(outer)
+        .and_then(ArrayOfMaps::try_from)
+        .expect("an array of maps");
+    (0..outer.len())
+        .filter_map(|index| match outer.get(&index, 0) {
+            Ok(inner) => Some(inner),
+            Err(MapError::KeyNotFound) => None,
+            Err(err) => panic!("reading slot {index} of map {id}: {err}"),
+        })
+        .map(|inner| {
+            let info = std::fs::read_to_string(format!(
+                "/proc/self/fdinfo/{}",
+                inner.fd().as_fd().as_raw_fd()
+            ))
+            .expect("a held map's fdinfo");
+            fdinfo_field(&info, "memlock:").unwrap_or(0)
+        })
+        .sum()
+}
+
+/// A numeric field of an fdinfo file.
+fn fdinfo_field(info: &str, name: &str) -> Option<u64> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn rss(pid: i32) -> u64 {
