@@ -1,4 +1,4 @@
-//! The six measurements. Each alternates its variants round by round, so machine noise falls on
+//! The seven measurements. Each alternates its variants round by round, so machine noise falls on
 //! all of them alike, and returns what it measured.
 use std::{
     io::ErrorKind,
@@ -17,7 +17,7 @@ use drainer_harness::{
 use nix::sys::signal::Signal;
 
 use crate::{
-    bed::{Bed, PORT},
+    bed::{Bed, Neighbours, PORT},
     clock::monotonic_ns,
     load,
     roles::raise_fd_limit,
@@ -54,52 +54,52 @@ fn with_variant<T>(bed: &Bed, variant: Variant, work: impl FnOnce() -> T) -> T {
 }
 
 /// Per-variant samples, in the order the variants were given.
-pub struct Samples {
-    pub variants: Vec<(Variant, Vec<f64>)>,
+pub struct Samples<V> {
+    pub variants: Vec<(V, Vec<f64>)>,
 }
 
-impl Samples {
+impl<V: PartialEq> Samples<V> {
     /// Median over rounds of (variant / first variant), measured in the same round.
-    pub fn ratio(&self, variant: Variant) -> f64 {
+    pub fn ratio(&self, variant: V) -> f64 {
         median(&self.ratios(variant))
     }
 
     /// The first and third quartiles of the per-round ratios: how far one round's figure can be
     /// trusted on this machine.
-    pub fn ratio_spread(&self, variant: Variant) -> (f64, f64) {
+    pub fn ratio_spread(&self, variant: V) -> (f64, f64) {
         let ratios = sorted(self.ratios(variant));
         (quantile(&ratios, 0.25), quantile(&ratios, 0.75))
     }
 
-    fn ratios(&self, variant: Variant) -> Vec<f64> {
+    fn ratios(&self, variant: V) -> Vec<f64> {
         let base = &self.variants[0].1;
-        let values = &self
+        self.values(variant)
+            .iter()
+            .zip(base)
+            .map(|(v, b)| v / b)
+            .collect()
+    }
+
+    pub fn median(&self, variant: V) -> f64 {
+        median(self.values(variant))
+    }
+
+    fn values(&self, variant: V) -> &[f64] {
+        &self
             .variants
             .iter()
             .find(|(v, _)| *v == variant)
             .expect("variant")
-            .1;
-        values.iter().zip(base).map(|(v, b)| v / b).collect()
-    }
-
-    pub fn median(&self, variant: Variant) -> f64 {
-        median(
-            &self
-                .variants
-                .iter()
-                .find(|(v, _)| *v == variant)
-                .expect("variant")
-                .1,
-        )
+            .1
     }
 }
 
-fn alternate(
+fn alternate<V: Copy>(
     rounds: usize,
-    variants: &[Variant],
-    mut measure: impl FnMut(Variant) -> f64,
-) -> Samples {
-    let mut samples: Vec<(Variant, Vec<f64>)> = variants.iter().map(|v| (*v, Vec::new())).collect();
+    variants: &[V],
+    mut measure: impl FnMut(V) -> f64,
+) -> Samples<V> {
+    let mut samples: Vec<(V, Vec<f64>)> = variants.iter().map(|v| (*v, Vec::new())).collect();
     for round in 0..rounds {
         for k in 0..variants.len() {
             let index = (round + k) % variants.len();
@@ -111,7 +111,7 @@ fn alternate(
 }
 
 /// Measurement 1: New connections per second against a simple server.
-pub fn connection_rate(bed: &Bed, rounds: usize, duration: Duration) -> Samples {
+pub fn connection_rate(bed: &Bed, rounds: usize, duration: Duration) -> Samples<Variant> {
     let _server = bed.role(
         &["serve-requests", &bed.server_addr().to_string(), "4"],
         "listening",
@@ -129,7 +129,7 @@ pub fn connection_rate(bed: &Bed, rounds: usize, duration: Duration) -> Samples 
 }
 
 /// Measurement 2: Bytes per second over established connections.
-pub fn throughput(bed: &Bed, rounds: usize, duration: Duration) -> Samples {
+pub fn throughput(bed: &Bed, rounds: usize, duration: Duration) -> Samples<Variant> {
     let _server = bed.role(&["serve-sink", &bed.server_addr().to_string()], "listening");
     let to = bed.server_addr();
     alternate(rounds, &[Variant::Bare, Variant::Drainer], |variant| {
@@ -451,4 +451,27 @@ fn cpu_seconds(pid: i32) -> f64 {
         .sum();
     // SAFETY: sysconf has no preconditions.
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Measurement 7: New connections per second in a namespace without drainer, while other
+/// namespaces of the host each have a serving drainer; the variants are how many (`counts`, the
+/// first the reference).
+pub fn drainers_on_one_node(
+    bed: &Bed,
+    counts: &[usize],
+    rounds: usize,
+    duration: Duration,
+) -> Samples<usize> {
+    let neighbours = Neighbours::create(counts.iter().copied().max().unwrap_or(0));
+    let _server = bed.role(
+        &["serve-requests", &bed.server_addr().to_string(), "4"],
+        "listening",
+    );
+    let to = bed.server_addr();
+    alternate(rounds, counts, |count| {
+        let daemons = neighbours.daemons(count);
+        let rate = bed.netns.run(|| load::connection_rate(to, 4, duration));
+        drop(daemons);
+        rate
+    })
 }
