@@ -2,6 +2,7 @@
 //! (or the peers) attached to it.
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::Path,
     process::Command,
     time::Duration,
 };
@@ -54,15 +55,9 @@ impl Bed {
         process
     }
 
-    /// `drainer daemon` guarding the port, once attached.
+    /// `drainer daemon` guarding the port, once serving.
     pub fn daemon(&self) -> Process {
-        let socket = self.dir.path().join("drainer.sock");
-        let mut command = drainer_command(
-            &self.netns,
-            &["daemon", "--port", &PORT.to_string(), "--control-socket"],
-        );
-        command.arg(&socket);
-        let daemon = Process::spawn("drainer daemon", command);
+        let daemon = spawn_daemon(&self.netns, &self.dir.path().join("drainer.sock"));
         daemon.wait_for("control socket", Duration::from_secs(60));
         daemon
     }
@@ -104,6 +99,46 @@ impl Bed {
             .expect("ss (iproute2)");
         output.stdout.iter().filter(|&&b| b == b'\n').count()
     }
+}
+
+/// Namespaces beside a bed's on the same host, each for a serving drainer of its own: the
+/// neighbours a node guarding many servers gives a namespace without drainer.
+pub struct Neighbours {
+    namespaces: Vec<TestNetns>,
+    dir: TempDir,
+}
+
+impl Neighbours {
+    pub fn create(count: usize) -> Self {
+        Self {
+            namespaces: (0..count).map(|_| TestNetns::create()).collect(),
+            dir: TempDir::create("neighbours"),
+        }
+    }
+
+    /// Daemons guarding the port in the first `count` namespaces, started together and returned
+    /// once every one serves; dropping them kills them.
+    pub fn daemons(&self, count: usize) -> Vec<Process> {
+        let daemons: Vec<Process> = self.namespaces[..count]
+            .iter()
+            .enumerate()
+            .map(|(i, netns)| spawn_daemon(netns, &self.dir.path().join(format!("{i}.sock"))))
+            .collect();
+        for daemon in &daemons {
+            daemon.wait_for("control socket", Duration::from_secs(60));
+        }
+        daemons
+    }
+}
+
+/// `drainer daemon` guarding the port in `netns`, just started.
+fn spawn_daemon(netns: &TestNetns, control_socket: &Path) -> Process {
+    let mut command = drainer_command(
+        netns,
+        &["daemon", "--port", &PORT.to_string(), "--control-socket"],
+    );
+    command.arg(control_socket);
+    Process::spawn("drainer daemon", command)
 }
 
 fn run(command: &mut Command) {

@@ -1,21 +1,23 @@
-//! The six measurements. Each alternates its variants round by round, so machine noise falls on
+//! The seven measurements. Each alternates its variants round by round, so machine noise falls on
 //! all of them alike, and returns what it measured.
 use std::{
     io::ErrorKind,
     net::TcpStream,
+    os::fd::{AsFd as _, AsRawFd as _},
     sync::atomic::{AtomicU64, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
+use aya::maps::{ArrayOfMaps, Map, MapData, MapError, MapType};
 use drainer_harness::{
-    drainer::{drainer_command, status_json},
+    drainer::{drainer_command, live_field, status_json},
     process::{Process, monotonic_now},
 };
 use nix::sys::signal::Signal;
 
 use crate::{
-    bed::{Bed, PORT},
+    bed::{Bed, Neighbours, PORT},
     clock::monotonic_ns,
     load,
     roles::raise_fd_limit,
@@ -24,9 +26,9 @@ use crate::{
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
-    /// Nothing attached: the limit.
+    /// No drainer: the limit.
     Bare,
-    /// drainer attached and serving.
+    /// drainer serving (it attaches nothing before a drain).
     Drainer,
     /// An nftables REJECT rule in place while serving.
     Nftables,
@@ -52,52 +54,52 @@ fn with_variant<T>(bed: &Bed, variant: Variant, work: impl FnOnce() -> T) -> T {
 }
 
 /// Per-variant samples, in the order the variants were given.
-pub struct Samples {
-    pub variants: Vec<(Variant, Vec<f64>)>,
+pub struct Samples<V> {
+    pub variants: Vec<(V, Vec<f64>)>,
 }
 
-impl Samples {
+impl<V: PartialEq> Samples<V> {
     /// Median over rounds of (variant / first variant), measured in the same round.
-    pub fn ratio(&self, variant: Variant) -> f64 {
+    pub fn ratio(&self, variant: V) -> f64 {
         median(&self.ratios(variant))
     }
 
     /// The first and third quartiles of the per-round ratios: how far one round's figure can be
     /// trusted on this machine.
-    pub fn ratio_spread(&self, variant: Variant) -> (f64, f64) {
+    pub fn ratio_spread(&self, variant: V) -> (f64, f64) {
         let ratios = sorted(self.ratios(variant));
         (quantile(&ratios, 0.25), quantile(&ratios, 0.75))
     }
 
-    fn ratios(&self, variant: Variant) -> Vec<f64> {
+    fn ratios(&self, variant: V) -> Vec<f64> {
         let base = &self.variants[0].1;
-        let values = &self
+        self.values(variant)
+            .iter()
+            .zip(base)
+            .map(|(v, b)| v / b)
+            .collect()
+    }
+
+    pub fn median(&self, variant: V) -> f64 {
+        median(self.values(variant))
+    }
+
+    fn values(&self, variant: V) -> &[f64] {
+        &self
             .variants
             .iter()
             .find(|(v, _)| *v == variant)
             .expect("variant")
-            .1;
-        values.iter().zip(base).map(|(v, b)| v / b).collect()
-    }
-
-    pub fn median(&self, variant: Variant) -> f64 {
-        median(
-            &self
-                .variants
-                .iter()
-                .find(|(v, _)| *v == variant)
-                .expect("variant")
-                .1,
-        )
+            .1
     }
 }
 
-fn alternate(
+fn alternate<V: Copy>(
     rounds: usize,
-    variants: &[Variant],
-    mut measure: impl FnMut(Variant) -> f64,
-) -> Samples {
-    let mut samples: Vec<(Variant, Vec<f64>)> = variants.iter().map(|v| (*v, Vec::new())).collect();
+    variants: &[V],
+    mut measure: impl FnMut(V) -> f64,
+) -> Samples<V> {
+    let mut samples: Vec<(V, Vec<f64>)> = variants.iter().map(|v| (*v, Vec::new())).collect();
     for round in 0..rounds {
         for k in 0..variants.len() {
             let index = (round + k) % variants.len();
@@ -109,7 +111,7 @@ fn alternate(
 }
 
 /// Measurement 1: New connections per second against a simple server.
-pub fn connection_rate(bed: &Bed, rounds: usize, duration: Duration) -> Samples {
+pub fn connection_rate(bed: &Bed, rounds: usize, duration: Duration) -> Samples<Variant> {
     let _server = bed.role(
         &["serve-requests", &bed.server_addr().to_string(), "4"],
         "listening",
@@ -127,7 +129,7 @@ pub fn connection_rate(bed: &Bed, rounds: usize, duration: Duration) -> Samples 
 }
 
 /// Measurement 2: Bytes per second over established connections.
-pub fn throughput(bed: &Bed, rounds: usize, duration: Duration) -> Samples {
+pub fn throughput(bed: &Bed, rounds: usize, duration: Duration) -> Samples<Variant> {
     let _server = bed.role(&["serve-sink", &bed.server_addr().to_string()], "listening");
     let to = bed.server_addr();
     alternate(rounds, &[Variant::Bare, Variant::Drainer], |variant| {
@@ -254,15 +256,22 @@ pub fn refusal_activation(bed: &Bed, drains: usize) -> Latencies {
     Latencies::of(&samples)
 }
 
-/// Measurement 5: One scale point.
+/// Measurement 5: One scale point: a serving daemon with the connections already there, then
+/// drained.
 #[derive(Debug)]
 pub struct Scale {
+    /// The status's count while serving (from sock_diag).
+    pub serving: i64,
+    /// The drain's first exact count, and `ss`'s after it.
     pub counted: i64,
     pub ss: usize,
-    pub attach_and_seed: Duration,
-    /// Kernel memory of all the daemon's maps, total and per connection above an idle daemon's.
+    /// SIGTERM → the log line with the drain's first exact count.
+    pub first_count: Duration,
+    /// Kernel memory of all the daemon's maps once draining, total and per connection above an
+    /// idle serving daemon's.
     pub map_bytes: u64,
     pub map_bytes_per_connection: f64,
+    /// The daemon's resident memory once draining.
     pub daemon_rss_bytes: u64,
 }
 
@@ -272,9 +281,9 @@ pub fn scale(bed: &Bed, connections: usize) -> Scale {
     let addr = bed.server_addr().to_string();
     let listeners = (connections / 30_000 + 1).to_string();
     let server = bed.role(&["serve-hold", &addr, &listeners], "listening");
-    let empty = bed.daemon();
-    let empty_map = map_memlock(empty.pid().as_raw());
-    drop(empty);
+    let idle = bed.daemon();
+    let idle_map = map_memlock(idle.pid().as_raw());
+    drop(idle);
 
     let mut clients = Vec::new();
     let mut opened = 0;
@@ -298,45 +307,80 @@ pub fn scale(bed: &Bed, connections: usize) -> Scale {
         client.wait_for("held", Duration::from_secs(600));
     }
 
-    let started = monotonic_now();
     let daemon = bed.daemon();
-    let attached = daemon.wait_for("control socket", Duration::from_secs(1)).at;
     let status = status_json(&bed.dir.path().join("drainer.sock"));
+    let signalled = monotonic_now();
+    daemon.signal(Signal::SIGTERM);
+    let first_count = daemon.wait_for("draining:", Duration::from_secs(60));
+    // Read once draining: the table of the connections found by the sweep exists only then.
     let map_bytes = map_memlock(daemon.pid().as_raw());
     let result = Scale {
-        counted: status["live"].as_i64().unwrap_or(-1),
+        serving: status["live"].as_i64().unwrap_or(-1),
+        counted: live_field(&first_count.text),
         ss: bed.ss_count(),
-        attach_and_seed: Duration::from_secs_f64(attached - started),
+        first_count: Duration::from_secs_f64(first_count.at - signalled),
         map_bytes,
-        map_bytes_per_connection: (map_bytes.saturating_sub(empty_map)) as f64 / connections as f64,
+        map_bytes_per_connection: (map_bytes.saturating_sub(idle_map)) as f64 / connections as f64,
         daemon_rss_bytes: rss(daemon.pid().as_raw()),
     };
+    // Killed while still draining: the connections stay until the clients go.
     drop(daemon);
     drop(clients);
     drop(server);
     result
 }
 
-/// `memlock:` of all the daemon's BPF maps together, from fdinfo.
+/// `memlock:` of all the daemon's BPF maps together, from fdinfo, with the maps its arrays of maps
+/// hold: the daemon keeps no descriptor of those (SEEDED's table is reachable only through SEEDED).
 fn map_memlock(pid: i32) -> u64 {
-    let dir = format!("/proc/{pid}/fdinfo");
     let mut total = 0;
-    for entry in std::fs::read_dir(&dir).expect("fdinfo").flatten() {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .expect("fdinfo")
+        .flatten()
+    {
         let Ok(info) = std::fs::read_to_string(entry.path()) else {
             continue;
         };
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(str::trim)
+        let Some(map_type) = fdinfo_field(&info, "map_type:") else {
+            continue;
         };
-        if field("map_type:").is_some() {
-            total += field("memlock:")
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
+        total += fdinfo_field(&info, "memlock:").unwrap_or(0);
+        if map_type == MapType::ArrayOfMaps as u64 {
+            let id = fdinfo_field(&info, "map_id:").expect("map_id in a map's fdinfo");
+            total += held_maps_memlock(id as u32);
         }
     }
     total
+}
+
+/// `memlock:` of the maps the array of maps `id` holds, through descriptors of our own.
+fn held_maps_memlock(id: u32) -> u64 {
+    let outer = MapData::from_id(id).expect("open an array of maps by id");
+    let outer: ArrayOfMaps<MapData, MapData> = Map::from_map_data(outer)
+        .and_then(ArrayOfMaps::try_from)
+        .expect("an array of maps");
+    (0..outer.len())
+        .filter_map(|index| match outer.get(&index, 0) {
+            Ok(inner) => Some(inner),
+            Err(MapError::KeyNotFound) => None,
+            Err(err) => panic!("reading slot {index} of map {id}: {err}"),
+        })
+        .map(|inner| {
+            let info = std::fs::read_to_string(format!(
+                "/proc/self/fdinfo/{}",
+                inner.fd().as_fd().as_raw_fd()
+            ))
+            .expect("a held map's fdinfo");
+            fdinfo_field(&info, "memlock:").unwrap_or(0)
+        })
+        .sum()
+}
+
+/// A numeric field of an fdinfo file.
+fn fdinfo_field(info: &str, name: &str) -> Option<u64> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn rss(pid: i32) -> u64 {
@@ -407,4 +451,27 @@ fn cpu_seconds(pid: i32) -> f64 {
         .sum();
     // SAFETY: sysconf has no preconditions.
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Measurement 7: New connections per second in a namespace without drainer, while other
+/// namespaces of the host each have a serving drainer; the variants are how many (`counts`, the
+/// first the reference).
+pub fn drainers_on_one_node(
+    bed: &Bed,
+    counts: &[usize],
+    rounds: usize,
+    duration: Duration,
+) -> Samples<usize> {
+    let neighbours = Neighbours::create(counts.iter().copied().max().unwrap_or(0));
+    let _server = bed.role(
+        &["serve-requests", &bed.server_addr().to_string(), "4"],
+        "listening",
+    );
+    let to = bed.server_addr();
+    alternate(rounds, counts, |count| {
+        let daemons = neighbours.daemons(count);
+        let rate = bed.netns.run(|| load::connection_rate(to, 4, duration));
+        drop(daemons);
+        rate
+    })
 }
