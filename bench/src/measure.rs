@@ -36,17 +36,22 @@ pub enum Variant {
 
 /// Sets a variant up for the length of a closure.
 fn with_variant<T>(bed: &Bed, variant: Variant, work: impl FnOnce() -> T) -> T {
+    let measure = || {
+        // A daemon's start, or the last variant's teardown, is not part of the measurement.
+        wait_for_idle_host();
+        work()
+    };
     match variant {
-        Variant::Bare => work(),
+        Variant::Bare => measure(),
         Variant::Drainer => {
             let daemon = bed.daemon();
-            let result = work();
+            let result = measure();
             drop(daemon);
             result
         }
         Variant::Nftables => {
             bed.load_nft_reject();
-            let result = work();
+            let result = measure();
             bed.unload_nft();
             result
         }
@@ -470,8 +475,44 @@ pub fn drainers_on_one_node(
     let to = bed.server_addr();
     alternate(rounds, counts, |count| {
         let daemons = neighbours.daemons(count);
+        // Starting a hundred daemons, or killing them, leaves the kernel work to finish (freed
+        // programs and maps, RCU callbacks): every variant is measured on a host that is idle
+        // again, so none pays for the one before.
+        wait_for_idle_host();
         let rate = bed.netns.run(|| load::connection_rate(to, 4, duration));
         drop(daemons);
         rate
     })
+}
+
+/// Returns once the host's CPUs have been at least 90% idle over a 200 ms window, or after 30 s.
+fn wait_for_idle_host() {
+    const WINDOW: Duration = Duration::from_millis(200);
+    let give_up = Instant::now() + Duration::from_secs(30);
+    let mut before = cpu_times();
+    while Instant::now() < give_up {
+        thread::sleep(WINDOW);
+        let after = cpu_times();
+        let (idle, total) = (after.0 - before.0, after.1 - before.1);
+        if total > 0 && idle * 10 >= total * 9 {
+            return;
+        }
+        before = after;
+    }
+}
+
+/// (idle, total) jiffies of all CPUs, from /proc/stat.
+fn cpu_times() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("cpu "))
+        .expect("a cpu line in /proc/stat")
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: idle and iowait are idle.
+    let idle = fields.get(3).unwrap_or(&0) + fields.get(4).unwrap_or(&0);
+    (idle, fields.iter().take(8).sum())
 }

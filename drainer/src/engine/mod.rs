@@ -193,7 +193,8 @@ impl Engine {
             window.opened = counts.opened();
             window.last_arrival = Some(now);
         }
-        // While serving, only an unrecorded connection is announced: there is no progress to log.
+        // While serving nothing is attached; an event still in the ring from a resumed drain has
+        // no progress to log.
         let draining = self.phase() != Phase::Serving;
         let activity = self.activity(now)?;
         let step = self.drain.on_count(count, activity, now);

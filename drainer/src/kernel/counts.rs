@@ -61,18 +61,20 @@ impl Counts {
     }
 
     /// Replaces each port's live count by the number of live sockets the socket table lists on
-    /// it (`local_ports`, one per socket). The table shows connections made *from* a guarded
-    /// port too, so it may count high, never low.
-    pub fn recount(&mut self, local_ports: impl IntoIterator<Item = u16>) {
+    /// it, one [`Counts::recount_socket`] per socket after this. The table shows connections
+    /// made *from* a guarded port too, so it may count high, never low.
+    pub fn recount_start(&mut self) {
         for port in &mut self.ports {
             port.live = 0;
         }
-        for local_port in local_ports {
-            if let Some(port) = self.ports.iter_mut().find(|p| p.port == local_port) {
-                port.live += 1;
-            }
-        }
         self.from_socket_table = true;
+    }
+
+    /// One live socket the socket table lists on `local_port`.
+    pub fn recount_socket(&mut self, local_port: u16) {
+        if let Some(port) = self.ports.iter_mut().find(|p| p.port == local_port) {
+            port.live += 1;
+        }
     }
 
     /// Counters that speak of the last drain, cleared while serving: only `refused` totals over
@@ -129,16 +131,23 @@ impl Counter {
         let mut counts = programs.counters()?;
         if !programs.tracking() {
             counts.serving();
-            let listed = self.table.sockets(programs.ports())?;
-            counts.recount(listed.values().map(|socket| socket.local_port));
+            self.recount(&mut counts, programs.ports())?;
             return Ok(counts);
         }
         if counts.missed_state_changes > 0 && counts.untracked() == 0 {
-            let listed = self.table.sockets(programs.ports())?;
-            counts.recount(listed.values().map(|socket| socket.local_port));
+            self.recount(&mut counts, programs.ports())?;
             self.table_read_at.set(Some(Instant::now()));
         }
         Ok(counts)
+    }
+
+    /// Counts from the socket table, streamed: a million sockets cost one buffer, not a list. (A
+    /// socket the dump meets twice, as the table changes between its parts, counts twice — high,
+    /// and put right by the next read.)
+    fn recount(&self, counts: &mut Counts, ports: &[u16]) -> Result<()> {
+        counts.recount_start();
+        self.table
+            .for_each(ports, |socket| counts.recount_socket(socket.local_port))
     }
 
     /// When the count must be re-read although nothing announced a change: a close the
@@ -182,7 +191,10 @@ mod tests {
         assert!(counts(0, 0).total().exact);
         let mut missed = counts(1, 0);
         assert!(!missed.total().exact);
-        missed.recount([8443, 9000, 8443]);
+        missed.recount_start();
+        for port in [8443, 9000, 8443] {
+            missed.recount_socket(port);
+        }
         assert_eq!(missed.ports[0].live, 0);
         assert_eq!(missed.ports[1].live, 2);
         assert_eq!(missed.total().live, 2);
@@ -192,7 +204,7 @@ mod tests {
     #[test]
     fn an_unrecorded_connection_leaves_the_count_unknown_even_after_a_recount() {
         let mut full = counts(1, 1);
-        full.recount([]);
+        full.recount_start();
         assert!(!full.total().exact);
     }
 
