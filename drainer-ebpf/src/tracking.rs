@@ -99,13 +99,13 @@ fn count_untracked(slot: u32) {
 fn count_opened(slot: u32) {
     // SAFETY: as in `count_refused`.
     bump(|c| unsafe { &raw mut (*c).opened }, slot);
-    announce(slot, EventKind::Opened);
+    notify(slot, EventKind::Opened);
 }
 
 fn count_closed(slot: u32) {
     // SAFETY: as in `count_refused`.
     bump(|c| unsafe { &raw mut (*c).closed }, slot);
-    announce(slot, EventKind::Closed);
+    notify(slot, EventKind::Closed);
 }
 
 fn record_seeded(cookie: u64, slot: u32) {
@@ -187,6 +187,14 @@ pub fn closed(sk: Socket, slot: u32, was_live: bool) {
     }
     if was_live && seeded() {
         count_closed(slot);
+    }
+}
+
+/// Announces a count change once the sweep has finished. Userspace reads the counters only after
+/// it, so a million connections swept need no million events, nor the wake-ups they would cause.
+fn notify(slot: u32, kind: EventKind) {
+    if seeded() {
+        announce(slot, kind);
     }
 }
 
