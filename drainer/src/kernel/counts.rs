@@ -77,16 +77,6 @@ impl Counts {
         }
     }
 
-    /// Counters that speak of the last drain, cleared while serving: only `refused` totals over
-    /// drains.
-    fn serving(&mut self) {
-        for port in &mut self.ports {
-            port.opened = 0;
-            port.untracked = 0;
-        }
-        self.missed_state_changes = 0;
-    }
-
     pub fn opened(&self) -> u64 {
         self.ports.iter().map(|c| c.opened).sum()
     }
@@ -130,7 +120,6 @@ impl Counter {
     pub(super) fn read(&self, programs: &Programs) -> Result<Counts> {
         let mut counts = programs.counters()?;
         if !programs.tracking() {
-            counts.serving();
             self.recount(&mut counts, programs.ports())?;
             return Ok(counts);
         }

@@ -336,11 +336,28 @@ impl Programs {
         Ok(())
     }
 
-    /// Every port's counters, and the state changes the tracepoint missed.
+    /// Every port's counters, and the state changes the tracepoint missed since the drain
+    /// attached it. Between drains only `refused`, a total over drains, means anything.
     pub(super) fn counters(&self) -> Result<Counts> {
         // Counters first, missed runs after: a miss before the counters were read then always
         // shows, and one in between only makes the count inexact one read early.
-        let ports = self.port_counts()?;
+        let mut ports = self.port_counts()?;
+        if !self.tracking() {
+            for count in &mut ports {
+                *count = PortCount {
+                    port: count.port,
+                    live: 0,
+                    opened: 0,
+                    refused: count.refused,
+                    untracked: 0,
+                };
+            }
+            return Ok(Counts {
+                ports,
+                missed_state_changes: 0,
+                from_socket_table: false,
+            });
+        }
         Ok(Counts {
             ports,
             missed_state_changes: self.missed_state_changes()? - self.missed_before,
