@@ -1,10 +1,13 @@
 //! What drainer's parts share: the records its kernel-side programs and its userspace exchange
-//! through BPF maps (here, `no_std`), and, with the `protocol` feature, the control socket's
-//! protocol ([`protocol`]), which the daemon, its clients, the fuzz target and xtask all use.
+//! through BPF maps (here, `no_std`), and, with the `protocol` feature, the daemon's request
+//! parsers: the control socket's protocol ([`protocol`]), which the daemon, its clients, the fuzz
+//! targets and xtask all use, and the HTTP listener's request heads ([`http`]).
 //!
 //! Every map record is `#[repr(C)]` with explicit padding so both sides agree on the layout.
 #![cfg_attr(not(feature = "protocol"), no_std)]
 
+#[cfg(feature = "protocol")]
+pub mod http;
 #[cfg(feature = "protocol")]
 pub mod protocol;
 

@@ -1,5 +1,5 @@
-//! `cargo xtask fuzz`: the control socket's request parser under libFuzzer, through cargo-fuzz,
-//! for a bounded time.
+//! `cargo xtask fuzz`: the daemon's request parsers (the control socket's requests, the HTTP
+//! listener's heads) under libFuzzer, through cargo-fuzz, each for a bounded time.
 //!
 //! libFuzzer's instrumentation needs a nightly rustc; the eBPF nightly serves, so no third
 //! toolchain is pinned. The fuzz crate depends on drainer-common's protocol alone: no eBPF object,
@@ -9,7 +9,7 @@
 use std::{fs, process::Command};
 
 use anyhow::{Context as _, Result, bail};
-use drainer_common::protocol::MAX_REQUEST;
+use drainer_common::{http::MAX_HEAD, protocol::MAX_REQUEST};
 
 use crate::{
     cmd::{cargo, output, run, run_watching_stderr, target_dir, workspace_root},
@@ -17,23 +17,33 @@ use crate::{
 };
 
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
-const TARGET: &str = "control_request";
-/// How far past the daemon's request limit inputs may grow: the parser sees no limit of its own,
-/// so inputs the daemon would refuse as too long are fuzzed too.
-const PAST_MAX_REQUEST: usize = 512;
+/// The fuzz targets (drainer/fuzz/fuzz_targets/), each with the longest input it is given: past
+/// the daemon's own limit for what it parses, since the parser sees no limit of its own, so
+/// inputs the daemon would refuse as too long are fuzzed too.
+const TARGETS: [(&str, usize); 2] = [
+    ("control_request", MAX_REQUEST + 512),
+    ("http_head", MAX_HEAD + 512),
+];
 
+/// Fuzzes each target for `seconds`.
 pub fn fuzz(seconds: u64) -> Result<()> {
     if seconds == 0 {
         bail!("--seconds 0 would fuzz without end: give a positive number of seconds");
     }
     ensure_cargo_fuzz()?;
+    for (target, max_len) in TARGETS {
+        fuzz_target(target, max_len, seconds)?;
+    }
+    Ok(())
+}
+
+fn fuzz_target(target: &str, max_len: usize, seconds: u64) -> Result<()> {
     let root = workspace_root();
     let fuzz_dir = root.join("drainer/fuzz");
     let build_dir = target_dir()?.join("fuzz");
-    let corpus = build_dir.join("corpus").join(TARGET);
+    let corpus = build_dir.join("corpus").join(target);
     fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
-    let seeds = fuzz_dir.join("seeds").join(TARGET);
-    let max_len = MAX_REQUEST + PAST_MAX_REQUEST;
+    let seeds = fuzz_dir.join("seeds").join(target);
 
     let cargo_fuzz = |subcommand: &str| -> Result<Command> {
         let mut command = toolchain::ebpf_toolchain("cargo")?;
@@ -42,7 +52,7 @@ pub fn fuzz(seconds: u64) -> Result<()> {
             .arg(&fuzz_dir)
             .arg("--target-dir")
             .arg(&build_dir)
-            .arg(TARGET);
+            .arg(target);
         Ok(command)
     };
     // Built on its own first, so that a compile error is not taken for a finding.
@@ -55,7 +65,7 @@ pub fn fuzz(seconds: u64) -> Result<()> {
         format!("-max_len={max_len}"),
         format!(
             "-dict={}",
-            fuzz_dir.join(format!("{TARGET}.dict")).display()
+            fuzz_dir.join(format!("{target}.dict")).display()
         ),
         "-print_final_stats=1".to_owned(),
     ]);
@@ -65,8 +75,8 @@ pub fn fuzz(seconds: u64) -> Result<()> {
             return Err(err);
         };
         bail!(
-            "the fuzzer found an input that {TARGET} fails on (shown above), saved as {input}; \
-             reproduce with `cd {} && cargo fuzz run --fuzz-dir {} --target-dir {} {TARGET} \
+            "the fuzzer found an input that {target} fails on (shown above), saved as {input}; \
+             reproduce with `cd {} && cargo fuzz run --fuzz-dir {} --target-dir {} {target} \
              {input}` (the eBPF crate's directory, for its nightly), then fix the parser (or the \
              property, if it is wrong)",
             root.join("drainer-ebpf").display(),
@@ -74,7 +84,7 @@ pub fn fuzz(seconds: u64) -> Result<()> {
             build_dir.display()
         );
     }
-    stats.report(seconds, &corpus)
+    stats.report(target, seconds, &corpus)
 }
 
 /// Installs cargo-fuzz into $CARGO_HOME/bin unless this version is there already.
@@ -119,12 +129,12 @@ impl Stats {
         }
     }
 
-    fn report(&self, seconds: u64, corpus: &std::path::Path) -> Result<()> {
+    fn report(&self, target: &str, seconds: u64, corpus: &std::path::Path) -> Result<()> {
         let (Some(executions), Some(per_second)) = (self.executions, self.per_second) else {
             bail!("libFuzzer printed no final statistics: was -print_final_stats=1 dropped?");
         };
         if executions == 0 {
-            bail!("libFuzzer ran {TARGET} on no input at all: the fuzzing run proves nothing");
+            bail!("libFuzzer ran {target} on no input at all: the fuzzing run proves nothing");
         }
         let field = |name: &str| {
             self.status
@@ -138,7 +148,7 @@ impl Stats {
                 .to_owned()
         };
         eprintln!(
-            "xtask: fuzzed {TARGET} for {seconds} s, no failure: {executions} executions, \
+            "xtask: fuzzed {target} for {seconds} s, no failure: {executions} executions, \
              {per_second}/s; coverage {} edges, {} features; corpus {} ({})",
             field("cov:"),
             field("ft:"),

@@ -60,9 +60,10 @@ enum Command {
         #[arg(long)]
         only: Option<String>,
     },
-    /// Fuzz the control socket's request parser (cargo-fuzz, with the eBPF nightly).
+    /// Fuzz the daemon's request parsers: control socket requests, HTTP heads (cargo-fuzz, with
+    /// the eBPF nightly).
     Fuzz {
-        /// How long to fuzz.
+        /// How long to fuzz each parser.
         #[arg(long, default_value_t = 300)]
         seconds: u64,
     },
@@ -181,7 +182,8 @@ fn test() -> Result<()> {
     let python = integration_prerequisites("test")?;
     lint()?;
     run(cargo_test(&python)?.args(["--workspace", "--exclude", "drainer-ebpf", "--no-fail-fast"]))?;
-    // Long enough to replay the corpus and catch a regression; `cargo xtask fuzz` searches.
+    // Long enough for each parser to replay its corpus and catch a regression; `cargo xtask fuzz`
+    // searches.
     fuzz::fuzz(30)
 }
 

@@ -4,7 +4,10 @@
 use std::{cell::RefCell, rc::Rc, time::Duration};
 
 use anyhow::Result;
-use drainer_common::protocol::{Outcome, State};
+use drainer_common::{
+    http::{HEAD_TIME, MAX_HEAD, Route, route},
+    protocol::{Outcome, State},
+};
 use tokio_uring::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
@@ -15,9 +18,6 @@ use super::{
     wire::{self, Stream as _},
 };
 use crate::engine::{DrainRequest, Engine};
-
-const MAX_HEAD: usize = 8192;
-const HEAD_TIME: Duration = Duration::from_secs(5);
 
 pub struct Http {
     pub engine: Rc<RefCell<Engine>>,
@@ -80,24 +80,12 @@ async fn respond(stream: &TcpStream, http: &Http) -> Response {
         Ok(head) => head,
         Err(err) => return Response::text(400, "Bad Request", format!("{err}\n")),
     };
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut request = httparse::Request::new(&mut headers);
-    match request.parse(&head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) | Err(_) => {
-            return Response::text(400, "Bad Request", "malformed HTTP request\n");
-        }
-    }
-    let method = request.method.unwrap_or_default();
-    let path = request
-        .path
-        .unwrap_or_default()
-        .split('?')
-        .next()
-        .unwrap_or_default();
-    match (method, path) {
-        ("GET", "/readyz") => readyz(http),
-        ("GET", "/metrics") => match http.engine.borrow().status(false) {
+    let Ok(route) = route(&head) else {
+        return Response::text(400, "Bad Request", "malformed HTTP request\n");
+    };
+    match route {
+        Route::Readyz => readyz(http),
+        Route::Metrics => match http.engine.borrow().status(false) {
             Ok(status) => Response {
                 code: 200,
                 reason: "OK",
@@ -106,11 +94,11 @@ async fn respond(stream: &TcpStream, http: &Http) -> Response {
             },
             Err(err) => Response::text(500, "Internal Server Error", format!("{err:#}\n")),
         },
-        ("GET" | "POST", "/drain") => drain(http, request.headers).await,
-        (_, "/readyz" | "/metrics" | "/drain") => {
+        Route::Drain { bearer } => drain(http, bearer).await,
+        Route::MethodNotAllowed => {
             Response::text(405, "Method Not Allowed", "method not allowed\n")
         }
-        _ => Response::text(
+        Route::NotFound => Response::text(
             404,
             "Not Found",
             "not found: try /readyz, /metrics or /drain\n",
@@ -126,7 +114,7 @@ fn readyz(http: &Http) -> Response {
     }
 }
 
-async fn drain(http: &Http, headers: &[httparse::Header<'_>]) -> Response {
+async fn drain(http: &Http, bearer: Option<&[u8]>) -> Response {
     let Some(token) = &http.token else {
         return Response::text(
             403,
@@ -134,12 +122,7 @@ async fn drain(http: &Http, headers: &[httparse::Header<'_>]) -> Response {
             "the drain endpoint is disabled: start drainer with --http-token-file\n",
         );
     };
-    let presented = headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("authorization"))
-        .and_then(|h| std::str::from_utf8(h.value).ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
+    if !bearer.is_some_and(|presented| constant_time_eq(presented, token.as_bytes())) {
         warn!("refused an HTTP drain request without a valid token");
         return Response::text(
             401,
