@@ -238,6 +238,7 @@ impl Engine {
             self.progress.next_line_at(),
             self.table_recheck_at(),
             self.idle_check_at(),
+            self.systemd().renew_at(),
         ]
         .into_iter()
         .flatten()
@@ -264,6 +265,7 @@ impl Engine {
 
     fn timer(&mut self) -> Result<Vec<Action>> {
         let now = Instant::now();
+        self.systemd().renew(now);
         let due = |at: Option<Instant>| at.is_some_and(|at| at <= now);
         if due(self.table_recheck_at()) || due(self.idle_check_at()) {
             return self.counts_changed();
@@ -304,6 +306,7 @@ impl Engine {
                 }
                 Step::Resume => {
                     self.kernel.resume()?;
+                    self.progress.systemd().stop_extending();
                     self.window = None;
                     self.idleness = None;
                     let live = self.count()?.live;
