@@ -59,6 +59,10 @@ pub struct PortCounters {
     /// Connections whose bookkeeping failed (a full map). Any non-zero value means the live count can no
     /// longer be trusted in either direction, and the count is reported as unknown.
     pub untracked: u64,
+    /// Outbound connections from this port that the `OUTBOUND` table had no room for. Their close
+    /// will look like a server connection's, so the counters can no longer be trusted; the socket
+    /// table, which tells them apart by owner, counts instead.
+    pub outbound_unrecorded: u64,
 }
 
 /// Why an event was emitted.
@@ -69,6 +73,8 @@ pub enum EventKind {
     Closed = 2,
     /// A connection could not be recorded: the count has just become unknown.
     Untracked = 3,
+    /// An outbound connection could not be recorded: the socket table counts from now on.
+    OutboundUnrecorded = 4,
 }
 
 /// Sent through the `EVENTS` ring buffer while draining, one per change of a port's live count,

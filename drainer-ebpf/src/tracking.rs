@@ -96,6 +96,12 @@ fn count_untracked(slot: u32) {
     announce(slot, EventKind::Untracked);
 }
 
+fn count_outbound_unrecorded(slot: u32) {
+    // SAFETY: as in `count_refused`.
+    bump(|c| unsafe { &raw mut (*c).outbound_unrecorded }, slot);
+    announce(slot, EventKind::OutboundUnrecorded);
+}
+
 fn count_opened(slot: u32) {
     // SAFETY: as in `count_refused`.
     bump(|c| unsafe { &raw mut (*c).opened }, slot);
@@ -147,7 +153,7 @@ pub fn outbound(sk: Socket, slot: u32) {
     match OUTBOUND.insert(&sk.cookie(), &0, u64::from(BPF_NOEXIST)) {
         Ok(()) => count_outbound(1),
         Err(err) if err == -EEXIST => {}
-        Err(_) => count_untracked(slot),
+        Err(_) => count_outbound_unrecorded(slot),
     }
 }
 

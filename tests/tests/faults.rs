@@ -1,12 +1,8 @@
 //! Faults: drainer killed, the server crashing mid-drain, a second drainer for the same port, a
-//! full connection map.
+//! full table of outbound connections.
 //! In each, the port must end up behaving as if drainer had never run, and no established
 //! connection may notice.
-use std::{
-    io::ErrorKind,
-    net::TcpStream,
-    time::{Duration, Instant},
-};
+use std::{io::ErrorKind, net::TcpStream, time::Duration};
 
 use drainer_harness::{
     clients::{connect_many, echo, loopback},
@@ -176,19 +172,21 @@ fn a_second_drainer_for_the_same_port_and_namespace_is_refused_and_the_first_kee
 const OUTBOUND_RECORDS: u32 = 65_536;
 /// Processes sharing the flood: one process may not hold them all (RLIMIT_NOFILE).
 const FLOOD_PROCESSES: u32 = 4;
+/// The unprivileged user who floods.
+const NOBODY: &str = "65534";
 
-/// The drain's deadline: long enough for the flood (about 8 s on two shared cores) to fill the map
-/// well before it; the checks below fail with a clear message if it did not.
-const FLOOD_DRAIN_DEADLINE: Duration = Duration::from_secs(30);
-
+/// Any local user can bind the guarded port on another local address and connect out from it:
+/// enough of those fill drainer's table of outbound connections. They must neither make the count
+/// unknown (holding every drain to its deadline) nor count as the server's connections.
 #[test]
-fn a_full_connection_map_makes_the_count_unknown_and_holds_the_drain_to_its_deadline() {
+fn outbound_connections_another_user_makes_from_the_guarded_port_neither_blind_nor_hold_a_drain() {
     require_root();
     let netns = TestNetns::create();
     let dir = TempDir::create("full-map");
     let socket = dir.path().join("control.sock");
     let socket = socket.to_str().unwrap();
     let _server = echo_server(&netns, &[("127.0.0.1", 8000)]);
+    // Far past the test: the drain must end on its count, not on this.
     let daemon = drainer_daemon(
         &netns,
         &[
@@ -197,65 +195,66 @@ fn a_full_connection_map_makes_the_count_unknown_and_holds_the_drain_to_its_dead
             "--control-socket",
             socket,
             "--drain-timeout",
-            &format!("{}s", FLOOD_DRAIN_DEADLINE.as_secs()),
+            "1h",
         ],
     );
     let mut held = netns.connect(loopback(8000)).unwrap();
-    assert_eq!(status_json(socket.as_ref())["count_exact"], true);
 
     // Records are made only while a drain follows connections.
     let (code, _, stderr) = drainer_client(&["drain", "--socket", socket]);
     assert_eq!(code, 0, "{stderr}");
-    let started = Instant::now();
     assert_eq!(status_json(socket.as_ref())["count_exact"], true);
 
     // Outbound connections from the guarded port each take a record: make a few more than fit.
     let per_process = OUTBOUND_RECORDS / FLOOD_PROCESSES + 1;
+    // Each flood's listener holds its handshakes in its backlog, which net.core.somaxconn caps.
+    netns
+        .run(|| {
+            std::fs::write(
+                "/proc/sys/net/core/somaxconn",
+                (per_process + 16).to_string(),
+            )
+        })
+        .expect("raising net.core.somaxconn in the test namespace");
     let floods: Vec<Process> = (0..FLOOD_PROCESSES)
         .map(|k| {
-            let mut command = netns.command(python());
-            command.arg(script("outbound_flood.py")).args([
-                "8000".to_owned(),
-                (9000 + k).to_string(),
-                (k * per_process).to_string(),
-                per_process.to_string(),
-            ]);
+            let mut command = netns.command("setpriv");
+            command
+                .args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups"])
+                .arg(python())
+                .arg(script("outbound_flood.py"))
+                .args([
+                    "8000".to_owned(),
+                    (9000 + k).to_string(),
+                    (k * per_process).to_string(),
+                    per_process.to_string(),
+                ]);
             Process::spawn("outbound flood", command)
         })
         .collect();
+    // Bounds only a flood that never completes; how long it takes does not matter.
     for flood in &floods {
-        flood.wait_for(&format!("holding {per_process}"), FLOOD_DRAIN_DEADLINE);
+        flood.wait_for(&format!("holding {per_process}"), Duration::from_secs(600));
     }
 
-    // Said when it happened, not only at the deadline.
-    let warning = daemon.wait_for("the live count is unknown", Duration::from_secs(10));
+    let warning = daemon.wait_for("could not be recorded", Duration::from_secs(20));
     assert!(
         warning
             .text
-            .contains("could not be recorded (a BPF map is full)"),
+            .contains("counting live connections from the socket table"),
         "{}",
         warning.text
     );
     let status = status_json(socket.as_ref());
+    assert_eq!(status["state"], "draining", "{status}");
+    assert_eq!(status["count_exact"], true, "{status}");
     assert_eq!(
-        status["state"], "draining",
-        "the flood outlasted the deadline: {status}"
+        status["live"], 1,
+        "the flood counted as the server's: {status}"
     );
-    assert_eq!(status["count_exact"], false, "{status}");
-    let untracked = status["ports"][0]["untracked"].as_u64().unwrap();
-    assert!(
-        untracked >= u64::from(FLOOD_PROCESSES * per_process - OUTBOUND_RECORDS),
-        "{status}"
-    );
-    let (code, text, _) = drainer_client(&["status", "--socket", socket]);
-    assert_eq!(code, 0);
-    assert!(
-        text.contains("live connections: unknown (1 counted, but"),
-        "{text}"
-    );
+    assert_eq!(status["ports"][0]["untracked"], 0, "{status}");
 
-    // The only server connection closes: the count reads zero, but a count that is not exact
-    // must not release the server before the deadline.
+    // The only server connection closes: the drain ends on it, flood or not.
     echo(&mut held, b"during the drain").unwrap();
     drop(held);
     assert_eq!(
@@ -263,21 +262,7 @@ fn a_full_connection_map_makes_the_count_unknown_and_holds_the_drain_to_its_dead
         ErrorKind::ConnectionRefused
     );
     let (code, _, stderr) = drainer_client(&["drain", "--wait", "--socket", socket]);
-    let waited = started.elapsed();
-    assert_eq!(code, drainer::client::EXIT_DEADLINE, "{stderr}");
-    assert!(
-        stderr.contains("deadline passed after") && stderr.contains("the live count unknown"),
-        "{stderr}"
-    );
-    assert!(
-        waited >= FLOOD_DRAIN_DEADLINE - Duration::from_millis(500),
-        "released {waited:?} after the drain started, before its {FLOOD_DRAIN_DEADLINE:?} deadline"
-    );
-    let deadline = daemon.wait_for("drain deadline passed", Duration::from_secs(5));
-    assert!(
-        deadline.text.contains("the live count unknown (0 counted)"),
-        "{}",
-        deadline.text
-    );
+    assert_eq!(code, 0, "{stderr}");
+    daemon.wait_for("drained", Duration::from_secs(20));
     drop(floods);
 }

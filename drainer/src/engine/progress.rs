@@ -27,6 +27,7 @@ pub(super) struct Progress {
     /// The count changed since the last line; log it at `next_line_at`.
     pending: bool,
     warned_untracked: bool,
+    warned_outbound: bool,
     warned_missed: bool,
 }
 
@@ -39,6 +40,7 @@ impl Progress {
             last_idle: None,
             pending: false,
             warned_untracked: false,
+            warned_outbound: false,
             warned_missed: false,
         }
     }
@@ -227,8 +229,19 @@ impl Progress {
             warn!(
                 "the kernel skipped drainer's tracepoint for {} TCP state change(s), so the \
                  counters can no longer be trusted: counting live connections from the socket \
-                 table from now on (connections made from a guarded port count too)",
+                 table from now on (connections made from a guarded port by the server's own \
+                 user count too)",
                 counts.missed_state_changes
+            );
+        }
+        if counts.outbound_unrecorded > 0 && untracked == 0 && !self.warned_outbound {
+            self.warned_outbound = true;
+            warn!(
+                "{} outbound connection(s) from a guarded port could not be recorded (drainer's \
+                 table of them is full), so the counters can no longer be trusted: counting live \
+                 connections from the socket table from now on, where those another user made \
+                 do not count",
+                counts.outbound_unrecorded
             );
         }
     }

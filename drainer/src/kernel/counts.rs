@@ -45,24 +45,31 @@ pub struct Counts {
     /// was already running on the same CPU (a state change in softirq nested in one in process
     /// context). Any of them may have been an open or a close.
     pub missed_state_changes: u64,
+    /// Outbound connections from a guarded port the kernel side had no room to record, whose
+    /// close the counters will take for a server connection's.
+    pub outbound_unrecorded: u64,
     /// The live counts were taken from the socket table ([`Counts::recount`]).
     pub from_socket_table: bool,
 }
 
 impl Counts {
-    /// The sum over ports. Inexact once any connection went unrecorded, or any state change
-    /// unseen while the counts still come from the counters.
+    /// The sum over ports. Inexact once any connection went unrecorded, or while the counts
+    /// still come from counters that can no longer be trusted.
     pub fn total(&self) -> Count {
         Count {
             live: self.ports.iter().map(|c| c.live).sum(),
-            exact: self.untracked() == 0
-                && (self.missed_state_changes == 0 || self.from_socket_table),
+            exact: self.untracked() == 0 && (self.counters_trusted() || self.from_socket_table),
         }
+    }
+
+    /// No state change went unseen, and no outbound connection unrecorded: the counters hold.
+    pub fn counters_trusted(&self) -> bool {
+        self.missed_state_changes == 0 && self.outbound_unrecorded == 0
     }
 
     /// Replaces each port's live count by the number of live sockets the socket table lists on
     /// it, one [`Counts::recount_socket`] per socket after this. The table shows connections
-    /// made *from* a guarded port too, so it may count high, never low.
+    /// made *from* a guarded port by the listener's owner too, so it may count high, never low.
     pub fn recount_start(&mut self) {
         for port in &mut self.ports {
             port.live = 0;
@@ -123,7 +130,7 @@ impl Counter {
             self.recount(&mut counts, programs.ports())?;
             return Ok(counts);
         }
-        if counts.missed_state_changes > 0 && counts.untracked() == 0 {
+        if !counts.counters_trusted() && counts.untracked() == 0 {
             self.recount(&mut counts, programs.ports())?;
             self.table_read_at.set(Some(Instant::now()));
         }
@@ -133,10 +140,21 @@ impl Counter {
     /// Counts from the socket table, streamed: a million sockets cost one buffer, not a list. (A
     /// socket the dump meets twice, as the table changes between its parts, counts twice — high,
     /// and put right by the next read.)
+    ///
+    /// An accepted connection belongs to its listener's owner, so on a port with a listener a
+    /// socket owned by anyone else is a connection made *from* the port — by another user, who
+    /// must not be able to hold a drain with them. A port whose listeners have all closed keeps
+    /// every socket: nothing then tells them apart, and high is safe.
     fn recount(&self, counts: &mut Counts, ports: &[u16]) -> Result<()> {
+        let owners = self.table.listener_owners(ports)?;
         counts.recount_start();
-        self.table
-            .for_each(ports, |socket| counts.recount_socket(socket.local_port))
+        self.table.for_each(ports, |socket| {
+            let port_owners = owners.iter().filter(|(port, _)| *port == socket.local_port);
+            let mut port_owners = port_owners.map(|&(_, uid)| uid).peekable();
+            if port_owners.peek().is_none() || port_owners.any(|uid| uid == socket.uid) {
+                counts.recount_socket(socket.local_port);
+            }
+        })
     }
 
     /// When the count must be re-read although nothing announced a change: a close the
@@ -171,6 +189,7 @@ mod tests {
                 })
                 .to_vec(),
             missed_state_changes,
+            outbound_unrecorded: 0,
             from_socket_table: false,
         }
     }

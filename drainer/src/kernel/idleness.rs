@@ -62,6 +62,7 @@ mod tests {
     fn socket(idle_ms: u64, queued: bool) -> TableSocket {
         TableSocket {
             local_port: 8000,
+            uid: 0,
             peer: "127.0.0.1:40000".parse().unwrap(),
             idle: Some(Duration::from_millis(idle_ms)),
             queued,

@@ -355,13 +355,25 @@ impl Programs {
             return Ok(Counts {
                 ports,
                 missed_state_changes: 0,
+                outbound_unrecorded: 0,
                 from_socket_table: false,
             });
         }
+        let outbound_unrecorded = self.outbound_unrecorded()?;
         Ok(Counts {
             ports,
             missed_state_changes: self.missed_state_changes()? - self.missed_before,
+            outbound_unrecorded,
             from_socket_table: false,
+        })
+    }
+
+    fn outbound_unrecorded(&self) -> Result<u64> {
+        let counters: PerCpuArray<_, PortCounters> =
+            PerCpuArray::try_from(self.map("PORT_COUNTERS")?).context("PORT_COUNTERS map")?;
+        (0..self.ports.len() as u32).try_fold(0, |sum, slot| {
+            let per_cpu = counters.get(&slot, 0).context("reading PORT_COUNTERS")?;
+            Ok(sum + per_cpu.iter().map(|c| c.outbound_unrecorded).sum::<u64>())
         })
     }
 

@@ -40,10 +40,15 @@ const LIVE_STATES: u32 = {
     mask
 };
 
+/// `TCP_LISTEN` as an `idiag_states` bit mask.
+const LISTENING: u32 = 1 << 10;
+
 /// One server-side TCP socket as sock_diag reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TableSocket {
     pub local_port: u16,
+    /// The socket's owner (an accepted connection's is its listener's).
+    pub uid: u32,
     pub peer: SocketAddr,
     /// Time since data last went either way; `None` if the kernel did not say.
     pub idle: Option<Duration>,
@@ -80,6 +85,22 @@ impl SocketTable {
         Ok(Self { socket })
     }
 
+    /// The owner of each listener on `ports`, as (port, uid) pairs.
+    pub fn listener_owners(&self, ports: &[u16]) -> Result<Vec<(u16, u32)>> {
+        let mut owners = Vec::new();
+        let mut buffer = vec![0u8; 16 * 1024];
+        for family in [AF_INET, AF_INET6] {
+            self.send_dump_request(family, LISTENING)?;
+            self.read_dump(&mut buffer, |_, socket| {
+                let owner = (socket.local_port, socket.uid);
+                if ports.contains(&socket.local_port) && !owners.contains(&owner) {
+                    owners.push(owner);
+                }
+            })?;
+        }
+        Ok(owners)
+    }
+
     /// Every live TCP socket whose local port is one of `ports`, by socket cookie.
     pub fn sockets(&self, ports: &[u16]) -> Result<HashMap<u64, TableSocket>> {
         let mut found = HashMap::new();
@@ -114,7 +135,7 @@ impl SocketTable {
     fn each_socket(&self, ports: &[u16], mut each: impl FnMut(u64, TableSocket)) -> Result<()> {
         let mut buffer = vec![0u8; 64 * 1024];
         for family in [AF_INET, AF_INET6] {
-            self.send_dump_request(family)?;
+            self.send_dump_request(family, LIVE_STATES)?;
             self.read_dump(&mut buffer, |cookie, socket| {
                 if ports.contains(&socket.local_port) {
                     each(cookie, socket);
@@ -124,14 +145,14 @@ impl SocketTable {
         Ok(())
     }
 
-    fn send_dump_request(&self, family: u8) -> Result<()> {
+    fn send_dump_request(&self, family: u8, states: u32) -> Result<()> {
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST | NLM_F_DUMP;
         let request = InetRequest {
             family,
             protocol: IPPROTO_TCP,
             extensions: ExtensionFlags::INFO,
-            states: StateFlags::from_bits_retain(LIVE_STATES),
+            states: StateFlags::from_bits_retain(states),
             socket_id: match family {
                 AF_INET => SocketId::new_v4(),
                 _ => SocketId::new_v6(),
@@ -201,6 +222,7 @@ fn parse_response(payload: &[u8]) -> Option<(u64, TableSocket)> {
         cookie,
         TableSocket {
             local_port: id.source_port,
+            uid: header.uid,
             peer: SocketAddr::new(id.destination_address, id.destination_port),
             idle: info.as_ref().map(idle),
             queued: header.recv_queue > 0 || header.send_queue > 0,
