@@ -7,7 +7,10 @@
 pub mod policy;
 mod progress;
 
-use std::time::{Duration, Instant};
+use std::{
+    cell::RefCell,
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 use drainer_common::protocol::{IdleConnection, Outcome, PortStatus, State, Status};
@@ -27,6 +30,10 @@ use crate::{
 
 /// How many of the most idle connections `status` lists.
 const STATUS_MOST_IDLE: usize = 10;
+/// A count the socket table gave serves further reports for this many times as long as reading it
+/// took, so reports take at most about a tenth of the loop's time, however often clients ask.
+const REPORT_REUSE_PER_READ: u32 = 10;
+
 /// Slack added to systemd's stop timeout on top of what drainer itself will wait.
 const SYSTEMD_MARGIN: Duration = Duration::from_secs(15);
 
@@ -93,6 +100,20 @@ pub struct Engine {
     after_release: Duration,
     /// Bumped on every change of state or count; waiters watch it.
     changes: watch::Sender<u64>,
+    report_counts: RefCell<Option<ReportCounts>>,
+}
+
+/// The last count a report read from the socket table. Reports (status, /metrics, waiters'
+/// progress) are asked for by clients, as often as they like, and a dump of a large table takes
+/// the loop for a while (a third of a second at a million connections): reports between two
+/// changes the engine saw share one dump, for a time that grows with what the dump cost, so
+/// clients cannot keep the loop dumping. A small table costs a millisecond, and is reused for
+/// ten.
+struct ReportCounts {
+    change: u64,
+    read_at: Instant,
+    reuse_for: Duration,
+    counts: Counts,
 }
 
 impl Engine {
@@ -109,6 +130,7 @@ impl Engine {
             idleness: None,
             after_release,
             changes: watch::Sender::new(0),
+            report_counts: RefCell::new(None),
         }
     }
 
@@ -421,9 +443,36 @@ impl Engine {
         Ok(())
     }
 
+    /// The counts for a report: see [`ReportCounts`]. Counts from the counters cost little and
+    /// are always read afresh.
+    fn report_counts(&self) -> Result<Counts> {
+        let change = *self.changes.borrow();
+        let now = Instant::now();
+        if let Some(last) = self.report_counts.borrow().as_ref()
+            && last.change == change
+            && now < last.read_at + last.reuse_for
+        {
+            return Ok(last.counts.clone());
+        }
+        let counts = self.counts()?;
+        let took = now.elapsed();
+        *self.report_counts.borrow_mut() = counts.from_socket_table.then(|| ReportCounts {
+            change,
+            read_at: now,
+            reuse_for: took * REPORT_REUSE_PER_READ,
+            counts: counts.clone(),
+        });
+        Ok(counts)
+    }
+
+    /// Serving, draining or released: no count needed.
+    pub fn state(&self) -> State {
+        self.phase().into()
+    }
+
     /// The state now; with the most idle live connections when `with_connections`.
     pub fn status(&self, with_connections: bool) -> Result<Status> {
-        let counts = self.counts()?;
+        let counts = self.report_counts()?;
         let count = counts.total();
         let now = Instant::now();
         let (elapsed, left, outcome) = match self.phase() {
