@@ -28,7 +28,10 @@ check(len(sidecars) == 1, "drainer must be a native sidecar: an initContainer wi
 sidecar = sidecars[0]
 args = sidecar.get("args", [])
 check(args[:1] == ["daemon"], "the sidecar runs `drainer daemon`")
-check("--http" in args and "--http-token-file" in args, "the sidecar serves HTTP with a token file")
+check("--http" in args, "the sidecar serves /readyz over HTTP for the probes")
+check("--http-token-file" not in args, "no HTTP drain endpoint: the preStop drains through the socket")
+check("--control-socket" in args, "the sidecar's control socket is named, to share it with the app")
+control_socket = args[args.index("--control-socket") + 1] if "--control-socket" in args else ""
 drain_timeout = seconds(args[args.index("--drain-timeout") + 1]) if "--drain-timeout" in args else 300
 accept_for = seconds(args[args.index("--accept-for") + 1]) if "--accept-for" in args else 0
 check(accept_for < drain_timeout, f"--accept-for {accept_for} must be shorter than the drain timeout {drain_timeout}")
@@ -41,10 +44,23 @@ apps = pod.get("containers", [])
 check(len(apps) >= 1, "an app container")
 app = apps[0]
 pre_stop = app.get("lifecycle", {}).get("preStop", {})
-http_get = pre_stop.get("httpGet", {})
-check(http_get.get("path") == "/drain", "the app's preStop calls /drain")
-headers = {h["name"]: h["value"] for h in http_get.get("httpHeaders", [])}
-check(headers.get("Authorization", "").startswith("Bearer "), "the preStop sends the token")
+command = pre_stop.get("exec", {}).get("command", [])
+check(command[:3] == ["drainer", "drain", "--wait"], f"the app's preStop runs `drainer drain --wait`: {command}")
+check(command[-2:] == ["--socket", control_socket], f"the preStop uses the sidecar's socket {control_socket}")
+socket_dir = control_socket.rsplit("/", 1)[0]
+
+
+def volume_at(container, path):
+    return next((m["name"] for m in container.get("volumeMounts", []) if m["mountPath"] == path), None)
+
+
+shared = volume_at(sidecar, socket_dir)
+check(shared is not None and shared == volume_at(app, socket_dir), f"both containers mount one volume at {socket_dir}")
+app_uid = app.get("securityContext", {}).get("runAsUser")
+allowed = [args[i + 1] for i, arg in enumerate(args) if arg == "--allow-uid"]
+check(app_uid is not None and str(app_uid) in allowed, f"the sidecar allows the app's uid {app_uid} on the socket: {allowed}")
+text = open(sys.argv[1]).read()
+check("Authorization" not in text and not any(d.get("kind") == "Secret" for d in documents), "no token in the manifest")
 check(app.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz", "app readiness follows /readyz")
 grace = pod.get("terminationGracePeriodSeconds", 30)
 check(grace > drain_timeout, f"terminationGracePeriodSeconds {grace} must exceed the drain timeout {drain_timeout}")

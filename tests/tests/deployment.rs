@@ -2,14 +2,16 @@
 //! example systemd units; the Kubernetes sidecar manifest.
 use std::{os::unix::net::UnixDatagram, path::PathBuf, process::Command, time::Duration};
 
+use nix::sys::signal::Signal;
+
 use drainer_harness::{
-    clients::loopback,
-    drainer::{drainer_command, start_drain},
+    clients::{http_request, live_clients, live_session_results, loopback},
+    drainer::{drainer_command, drainer_daemon, start_drain, status_json, wait_for_status},
     drainer_bin,
     netns::TestNetns,
     process::Process,
     python, require_root, script,
-    servers::echo_server_command,
+    servers::{echo_server_command, live_app},
     tempdir::TempDir,
 };
 
@@ -23,6 +25,9 @@ fn collect(socket: &UnixDatagram, quiet: Duration) -> Vec<String> {
     }
     messages
 }
+
+/// The app container's user in the Kubernetes example, allowed on the control socket.
+const APP_UID: &str = "10001";
 
 /// The stop timeout one EXTEND_TIMEOUT_USEC message asks for, at most: drainer's window.
 const MAX_EXTENSION_USEC: u64 = 60_000_000;
@@ -193,6 +198,75 @@ fn the_example_unit_files_pass_systemd_analyze_verify() {
         stderr.trim().is_empty(),
         "systemd-analyze verify warned:\n{stderr}"
     );
+}
+
+/// The Kubernetes example's order, on the real kernel: the pod is a network namespace, the sidecar
+/// attaches from outside it, and the kubelet's preStop runs `drainer drain --wait` as the app's
+/// (unprivileged) user through the socket the containers share. The HTTP listener, reachable
+/// from outside the pod, serves /readyz but cannot start a drain.
+#[test]
+fn pod_rehearsal_prestop_exec_as_the_app_user_drains_through_the_shared_socket() {
+    require_root();
+    let pod = TestNetns::create();
+    let node = TestNetns::create();
+    let dir = TempDir::create("pod-exec");
+    let socket = dir.path().join("drainer.sock");
+    let socket = socket.to_str().unwrap();
+    let mut uvicorn = live_app(&pod, 8000);
+    let lengths: Vec<String> = (0..10)
+        .map(|i| format!("{:.2}", 2.0 + 2.0 * f64::from(i) / 9.0))
+        .collect();
+    let mut clients = live_clients(&pod, 8000, &lengths, Duration::from_secs(30));
+
+    let mut daemon = drainer_daemon(
+        &node,
+        &[
+            "--port",
+            "8000",
+            "--netns",
+            pod.path().to_str().unwrap(),
+            "--http",
+            "127.0.0.1:9090",
+            "--control-socket",
+            socket,
+            "--allow-uid",
+            APP_UID,
+            "--drain-timeout",
+            "60s",
+        ],
+    );
+    // The daemon's own namespace holds its HTTP listener (in a real pod, the pod's).
+    let http = || node.connect(loopback(9090)).unwrap();
+    assert_eq!(http_request(http(), "GET", "/readyz", &[]).0, 200);
+    assert_eq!(http_request(http(), "POST", "/drain", &[]).0, 403);
+    assert_eq!(status_json(socket.as_ref())["state"], "serving");
+
+    // The kubelet runs the preStop in the app container, as the app's user.
+    let mut prestop = Command::new("setpriv");
+    prestop
+        .args(["--reuid", APP_UID, "--regid", APP_UID, "--clear-groups"])
+        .arg(drainer_bin())
+        .args(["drain", "--wait", "--socket", socket]);
+    let mut prestop = Process::spawn("preStop", prestop);
+    wait_for_status(
+        socket.as_ref(),
+        "draining",
+        |status| status["state"] == "draining",
+        Duration::from_secs(20),
+    );
+    assert_eq!(http_request(http(), "GET", "/readyz", &[]).0, 503);
+    let status = prestop.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "{}", prestop.output());
+
+    // Then the kubelet sends the app its SIGTERM; every session had ended on its own.
+    uvicorn.signal(Signal::SIGTERM);
+    uvicorn.wait(Duration::from_secs(30));
+    for result in live_session_results(&mut clients, 10, Duration::from_secs(30)) {
+        assert_eq!(result["code"], 1000, "{result}");
+        assert_eq!(result["received"], result["expected"], "{result}");
+    }
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(daemon.wait(Duration::from_secs(10)).code(), Some(0));
 }
 
 #[test]
