@@ -5,12 +5,19 @@ use drainer::{
     client,
     daemon::{self, Allowed, DaemonOptions, ReleaseTarget},
     supervisor::{self, RunOptions},
-    system::logging,
+    system::{hardening, logging},
 };
 
 fn main() -> ExitCode {
     let cli = Cli::parse_checked();
     logging::init();
+    // Before anything privileged is created: `run` and `daemon` hold drainer's BPF objects.
+    if matches!(cli.command, Command::Run(_) | Command::Daemon(_))
+        && let Err(err) = hardening::harden()
+    {
+        tracing::error!("{err:#}");
+        return ExitCode::from(1);
+    }
     let result = match cli.command {
         Command::Run(args) => supervisor::run(RunOptions {
             ports: args.ports,

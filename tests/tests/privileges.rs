@@ -1,24 +1,38 @@
-//! What the supervised server may do, what drainer keeps once attached, and the least each mode
-//! runs with — read from /proc/PID/status of the real processes.
-use std::{process::Command, time::Duration};
+//! What the supervised server may do, what drainer keeps once attached, what drainer does to
+//! itself at start, and the least each mode runs with — read from /proc/PID of the real
+//! processes, or tried by the server itself.
+use std::{fs, io, os::unix::process::CommandExt as _, process::Command, time::Duration};
 
 use drainer::system::capabilities::{
     CAP_BPF, CAP_KILL, CAP_NET_ADMIN, CAP_PERFMON, CAP_SETGID, CAP_SETPCAP, CAP_SETUID,
-    CAP_SYS_ADMIN, Capability,
+    CAP_SYS_ADMIN, CAP_SYS_MODULE, CAP_SYS_PTRACE, CAP_SYS_RAWIO, Capability,
 };
 use drainer_harness::{
     capabilities::{ProcessPrivileges, mask, only},
-    drainer::{drainer_client, drainer_command, drainer_run, server_pid},
+    clients::loopback,
+    drainer::{drainer_client, drainer_command, drainer_run, live_field, server_pid, start_drain},
     drainer_bin,
     netns::TestNetns,
     process::Process,
-    require_root,
+    python, require_root, script,
     servers::echo_server_command,
     tempdir::TempDir,
 };
-use nix::sys::signal::Signal;
+use nix::sys::{
+    resource::{Resource, getrlimit, setrlimit},
+    signal::Signal,
+};
 
-const WITHHELD: [Capability; 4] = [CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_PERFMON];
+/// drainer's own powers, and those that would reach into drainer or the kernel around it.
+const WITHHELD: [Capability; 7] = [
+    CAP_BPF,
+    CAP_SYS_ADMIN,
+    CAP_NET_ADMIN,
+    CAP_PERFMON,
+    CAP_SYS_PTRACE,
+    CAP_SYS_MODULE,
+    CAP_SYS_RAWIO,
+];
 
 /// Not one drainer needs, but one a root-started server keeps.
 const CAP_NET_BIND_SERVICE: Capability = Capability {
@@ -93,6 +107,91 @@ fn a_root_started_server_binds_port_80_but_never_holds_drainers_powers() {
         );
     }
     drainer.wait(Duration::from_secs(10));
+}
+
+/// The server tries pidfd_getfd(2) on drainer for descriptors 0–64 twice: at start, and when
+/// released, by which time drainer holds nothing but CAP_KILL (so only drainer being non-dumpable
+/// stands in the way: a root server's capabilities are then a superset of drainer's).
+#[test]
+fn a_root_started_server_cannot_copy_drainers_descriptors() {
+    require_root();
+    let netns = TestNetns::create();
+    let thief = [
+        python().display().to_string(),
+        script("fd_thief.py").display().to_string(),
+        "8000".into(),
+    ];
+    let mut drainer = drainer_run(&netns, &["--port", "8000"], &thief);
+    let at_start = drainer.wait_for("theft at start", Duration::from_secs(20));
+    drainer.wait_for("listening", Duration::from_secs(5));
+    assert_eq!(
+        at_start.text.split("theft at start: ").nth(1),
+        Some("obtained=0 errors=EPERM:65"),
+        "the server reached drainer's descriptors while serving: {}",
+        at_start.text
+    );
+
+    // drainer still guards the port: a connection is counted and refused while draining.
+    let held = netns.connect(loopback(8000)).unwrap();
+    assert_eq!(live_field(&start_drain(&drainer).text), 1);
+    assert_eq!(
+        netns
+            .connect(loopback(8000))
+            .expect_err("a new connection was accepted while draining")
+            .kind(),
+        io::ErrorKind::ConnectionRefused
+    );
+    drop(held);
+    let at_release = drainer.wait_for("theft at release", Duration::from_secs(10));
+    assert_eq!(
+        at_release.text.split("theft at release: ").nth(1),
+        Some("obtained=0 errors=EPERM:65"),
+        "the released server reached drainer's descriptors: {}",
+        at_release.text
+    );
+    assert_eq!(drainer.wait(Duration::from_secs(10)).code(), Some(0));
+}
+
+/// The soft and hard limits on open files of `pid`, from /proc/PID/limits.
+fn open_files_limit(pid: i32) -> (u64, u64) {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).expect("reading limits");
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("no open-files line in /proc/{pid}/limits:\n{limits}"));
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|word| word.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
+#[test]
+fn drainer_raises_its_open_files_limit_and_the_server_gets_the_one_drainer_was_given() {
+    require_root();
+    const SOFT: u64 = 256;
+    let netns = TestNetns::create();
+    let mut command = drainer_command(&netns, &["run", "--port", "8000", "--"]);
+    command.args(WAITER);
+    // SAFETY: setrlimit only, between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+            Ok(setrlimit(Resource::RLIMIT_NOFILE, SOFT, hard)?)
+        });
+    }
+    let mut drainer = Process::spawn("drainer", command);
+    drainer.wait_for("listening", Duration::from_secs(20));
+
+    let (soft, hard) = open_files_limit(drainer.pid().as_raw());
+    assert!(hard > SOFT, "this host's hard open-files limit is {hard}");
+    assert_eq!(soft, hard, "drainer's soft open-files limit");
+    assert_eq!(
+        open_files_limit(server_pid(&drainer).as_raw()),
+        (SOFT, hard),
+        "the server's open-files limits"
+    );
+    stop_and_drain(&mut drainer);
 }
 
 #[test]

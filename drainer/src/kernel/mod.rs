@@ -14,6 +14,7 @@
 //! | `socket_table` | NETLINK_SOCK_DIAG: naming live connections, counting when the counters cannot |
 //! | `netns` | opening a network namespace, running work inside it |
 //! | `claim` | one drainer per port and namespace |
+//! | `unix_sockets` | NETLINK_SOCK_DIAG for unix sockets: the abstract names in a namespace and their owners, for `claim` |
 //! | `layout` | struct offsets from the running kernel's BTF |
 //! | `seeded_table` | sizing the table of connections found at a drain's start |
 //! | `features` | the kernel features the programs need, and since when |
@@ -27,6 +28,7 @@ mod netns;
 mod programs;
 mod seeded_table;
 mod socket_table;
+mod unix_sockets;
 
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};

@@ -16,6 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use nix::{
     errno::Errno,
     sys::{
+        resource::{Resource, setrlimit},
         signal::{Signal, kill, killpg},
         wait::{WaitPidFlag, WaitStatus, waitpid},
     },
@@ -23,6 +24,7 @@ use nix::{
 };
 
 use super::privileges::ChildPrivileges;
+use crate::system::hardening;
 
 #[derive(Debug)]
 pub struct Child {
@@ -45,8 +47,18 @@ impl Child {
             // systemd talks to drainer; the server must not report readiness in its place.
             .env_remove("NOTIFY_SOCKET");
         let privileges = privileges.clone();
-        // SAFETY: `apply` makes system calls only, as the time between fork and exec requires.
-        unsafe { command.pre_exec(move || privileges.apply()) };
+        let open_files = hardening::inherited_open_files_limit();
+        // SAFETY: setrlimit and `apply` make system calls only, as the time between fork and exec
+        // requires.
+        unsafe {
+            command.pre_exec(move || {
+                // The limit drainer was given, not the one it raised for itself.
+                if let Some((soft, hard)) = open_files {
+                    setrlimit(Resource::RLIMIT_NOFILE, soft, hard)?;
+                }
+                privileges.apply()
+            })
+        };
         let child = command
             .spawn()
             .with_context(|| format!("cannot start {}", program.to_string_lossy()))?;

@@ -1,12 +1,22 @@
-//! What the supervised server is allowed: never the powers drainer holds for the kernel side.
+//! What the supervised server is allowed: never the powers drainer holds for the kernel side, nor
+//! a way to take them from drainer.
 //!
 //! drainer runs with the capabilities to load and attach BPF programs. A server that inherited
 //! them could, once compromised, detach drainer's programs or load its own. So between fork and
-//! exec the child removes CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_PERFMON from every
-//! capability set — the bounding set first, because exec hands a root program everything in it —
-//! and sets no_new_privs, so no setuid or file-capability program can bring them back. What a
-//! root-started server legitimately uses (CAP_NET_BIND_SERVICE for port 80, CAP_SETUID to switch
-//! to its own user, …) stays. Run as another user (`--user`), it holds no capability at all.
+//! exec the child removes from every capability set — the bounding set first, because exec hands
+//! a root program everything in it — CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_PERFMON
+//! (drainer's own powers), CAP_SYS_PTRACE (with it a root server could copy drainer's BPF
+//! descriptors through pidfd_getfd(2) or rewrite its memory: drainer is non-dumpable, see
+//! `system::hardening`, and only CAP_SYS_PTRACE overrides that), and CAP_SYS_MODULE and
+//! CAP_SYS_RAWIO (a kernel module or raw kernel memory reaches everything). It sets no_new_privs,
+//! so no setuid or file-capability program can bring them back.
+//!
+//! The rest of root's capabilities stay, so a root-started server keeps what it legitimately uses
+//! (CAP_NET_BIND_SERVICE for port 80, CAP_SETUID to switch to its own user, …) and what else
+//! root can do: signal drainer (CAP_KILL; a killed drainer detaches everything, so the port fails
+//! open), read and write any file (CAP_DAC_OVERRIDE). For a root server this is damage control,
+//! not a boundary. `--user` is the isolation: the server runs as that user with no capability at
+//! all, every set and the bounding set empty, and cannot signal or trace drainer.
 //!
 //! The work between fork and exec is system calls only (nix's thin wrappers among them): the
 //! parent may have other threads, so the child must not allocate or take locks.
@@ -19,12 +29,20 @@ use nix::{
 };
 
 use crate::system::capabilities::{
-    CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN, Capability, CapabilitySets,
-    drop_from_bounding_set, last_capability,
+    CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_MODULE, CAP_SYS_PTRACE,
+    CAP_SYS_RAWIO, Capability, CapabilitySets, drop_from_bounding_set, last_capability,
 };
 
 /// The capabilities the server never holds.
-pub const WITHHELD: [Capability; 4] = [CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_PERFMON];
+pub const WITHHELD: [Capability; 7] = [
+    CAP_BPF,
+    CAP_SYS_ADMIN,
+    CAP_NET_ADMIN,
+    CAP_PERFMON,
+    CAP_SYS_PTRACE,
+    CAP_SYS_MODULE,
+    CAP_SYS_RAWIO,
+];
 
 /// The user, group and supplementary groups to run the server as, looked up before the fork.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::{fs, io};
 use anyhow::{Context as _, Result, bail};
 use nix::errno::Errno;
 
-/// A Linux capability drainer may need, with the reason it needs it.
+/// A Linux capability drainer may need, or keeps from the server, with the reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capability {
     pub name: &'static str,
@@ -37,6 +37,21 @@ pub const CAP_NET_ADMIN: Capability = Capability {
     name: "CAP_NET_ADMIN",
     bit: 12,
     why: "the sk_lookup program",
+};
+pub const CAP_SYS_MODULE: Capability = Capability {
+    name: "CAP_SYS_MODULE",
+    bit: 16,
+    why: "kept from the server: it could load a kernel module",
+};
+pub const CAP_SYS_RAWIO: Capability = Capability {
+    name: "CAP_SYS_RAWIO",
+    bit: 17,
+    why: "kept from the server: it could write kernel memory through /dev/mem",
+};
+pub const CAP_SYS_PTRACE: Capability = Capability {
+    name: "CAP_SYS_PTRACE",
+    bit: 19,
+    why: "kept from the server: it could copy drainer's descriptors",
 };
 pub const CAP_SYS_ADMIN: Capability = Capability {
     name: "CAP_SYS_ADMIN",
