@@ -21,8 +21,11 @@ use tracing::warn;
 
 use super::{Delivery, pidfd::Process};
 
-/// Reads of one cgroup.procs before the walk moves on, while its members keep forking.
+/// Rounds of reading one cgroup.procs for processes forked meanwhile before the walk moves on.
 const MAX_ROUNDS: usize = 8;
+
+/// Pidfds held at once: a cgroup of thousands must not run drainer out of descriptors.
+const BATCH: usize = 256;
 
 /// Fails unless `dir` is a directory on cgroup2.
 pub fn check(dir: &Path) -> Result<()> {
@@ -46,22 +49,34 @@ pub fn signal(dir: &Path, signal: Signal) -> Result<Delivery> {
     check(dir)?;
     let mut delivery = Delivery::default();
     let mut signalled = HashSet::new();
-    let mut cgroups = vec![dir.to_path_buf()];
-    while let Some(cgroup) = cgroups.pop() {
-        let walked = signal_members(&cgroup, signal, &mut signalled, &mut delivery)
-            .and_then(|()| children(&cgroup));
-        match walked {
-            Ok(children) => cgroups.extend(children),
-            Err(err) if cgroup == dir => return Err(err),
-            // Removed since it was listed: its processes have left.
-            Err(err) if vanished(&err) => {}
+    // The target's own members first: if they cannot be read, nothing was signalled.
+    signal_members(dir, signal, &mut signalled, &mut delivery)?;
+    let mut parents = vec![dir.to_path_buf()];
+    while let Some(parent) = parents.pop() {
+        let children = match children(&parent) {
+            Ok(children) => children,
             Err(err) => {
-                delivery.failed += 1;
-                warn!("signalling the processes of {}: {err:#}", cgroup.display());
+                skip(&parent, &err, &mut delivery);
+                continue;
+            }
+        };
+        for child in children {
+            match signal_members(&child, signal, &mut signalled, &mut delivery) {
+                Ok(()) => parents.push(child),
+                Err(err) => skip(&child, &err, &mut delivery),
             }
         }
     }
     Ok(delivery)
+}
+
+/// A descendant that could not be read does not stop the walk.
+fn skip(cgroup: &Path, err: &anyhow::Error, delivery: &mut Delivery) {
+    // Removed since it was listed: its processes have left.
+    if !vanished(err) {
+        delivery.failed += 1;
+        warn!("signalling the processes of {}: {err:#}", cgroup.display());
+    }
 }
 
 fn signal_members(
@@ -72,58 +87,69 @@ fn signal_members(
 ) -> Result<()> {
     let procs = cgroup.join("cgroup.procs");
     let mut listed = read_pids(&procs)?;
-    let mut opened_before = HashSet::new();
+    let mut seen = HashSet::new();
     for _ in 0..MAX_ROUNDS {
-        let mut opened = Vec::new();
-        for pid in listed {
-            if signalled.contains(&pid) || !opened_before.insert(pid) {
-                continue;
-            }
-            if pid <= 0 {
-                // cgroup.procs lists a process of another pid namespace as 0.
-                delivery.failed += 1;
-                warn!(
-                    "{} holds a process outside drainer's pid namespace: it cannot be signalled from here",
-                    cgroup.display()
-                );
-                continue;
-            }
-            match Process::open(pid) {
-                Ok(Some(process)) => opened.push(process),
-                Ok(None) => delivery.gone += 1,
-                Err(err) => {
-                    delivery.failed += 1;
-                    warn!("{err}");
-                }
-            }
-        }
-        if opened.is_empty() {
+        let fresh: Vec<i32> = listed
+            .into_iter()
+            .filter(|pid| !signalled.contains(pid) && seen.insert(*pid))
+            .collect();
+        if fresh.is_empty() {
             return Ok(());
         }
-        let confirmed = read_pids(&procs)?;
-        for process in opened {
-            if !confirmed.contains(&process.pid()) {
-                // Exited, or moved to another cgroup: not a member any more either way.
-                if !process.alive().unwrap_or(false) {
-                    delivery.gone += 1;
+        let mut confirmed = HashSet::new();
+        for batch in fresh.chunks(BATCH) {
+            let opened = open(cgroup, batch, delivery);
+            confirmed = read_pids(&procs)?;
+            for process in opened {
+                if !confirmed.contains(&process.pid()) {
+                    // Exited, or moved to another cgroup: not a member any more either way.
+                    if !process.alive().unwrap_or(false) {
+                        delivery.gone += 1;
+                    }
+                    continue;
                 }
-                continue;
-            }
-            match process.signal(signal) {
-                Ok(true) => {
-                    delivery.sent += 1;
-                    signalled.insert(process.pid());
-                }
-                Ok(false) => delivery.gone += 1,
-                Err(err) => {
-                    delivery.failed += 1;
-                    warn!("{err}");
+                match process.signal(signal) {
+                    Ok(true) => {
+                        delivery.sent += 1;
+                        signalled.insert(process.pid());
+                    }
+                    Ok(false) => delivery.gone += 1,
+                    Err(err) => {
+                        delivery.failed += 1;
+                        warn!("{err}");
+                    }
                 }
             }
         }
+        // Processes forked meanwhile are listed now.
         listed = confirmed;
     }
     Ok(())
+}
+
+/// Pidfds for `pids`, members of `cgroup` when it was read.
+fn open(cgroup: &Path, pids: &[i32], delivery: &mut Delivery) -> Vec<Process> {
+    let mut opened = Vec::with_capacity(pids.len());
+    for &pid in pids {
+        if pid <= 0 {
+            // cgroup.procs lists a process of another pid namespace as 0.
+            delivery.failed += 1;
+            warn!(
+                "{} holds a process outside drainer's pid namespace: it cannot be signalled from here",
+                cgroup.display()
+            );
+            continue;
+        }
+        match Process::open(pid) {
+            Ok(Some(process)) => opened.push(process),
+            Ok(None) => delivery.gone += 1,
+            Err(err) => {
+                delivery.failed += 1;
+                warn!("{err}");
+            }
+        }
+    }
+    opened
 }
 
 fn read_pids(procs: &Path) -> Result<HashSet<i32>> {
