@@ -125,7 +125,7 @@ fn a_pidfile_holding_minus_1_or_0_group_writable_foreign_or_symlinked_is_refused
 }
 
 #[test]
-fn a_pid_of_1_none_or_a_cgroup_v1_directory_is_refused_at_start() {
+fn a_pid_of_1_a_missing_pid_or_a_directory_not_on_cgroup2_is_refused_at_start() {
     require_root();
     let netns = TestNetns::create();
     let (code, output) = refused(&netns, &["--release-pid", "1"]);
