@@ -4,6 +4,8 @@ use std::{ffi::OsString, net::SocketAddr, path::PathBuf, str::FromStr as _, time
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use nix::sys::signal::Signal;
 
+use crate::daemon::check_pid;
+
 /// Where `drainer daemon` listens and the clients connect, unless told otherwise.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/drainer/drainer.sock";
 
@@ -154,15 +156,16 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "FILE", requires = "http")]
     pub http_token_file: Option<PathBuf>,
 
-    /// At release, signal this process.
-    #[arg(long, value_name = "PID", group = "release_target", value_parser = clap::value_parser!(i32).range(1..))]
+    /// At release, signal this process (held from start: if it exits, nobody is signalled).
+    #[arg(long, value_name = "PID", group = "release_target", value_parser = parse_release_pid)]
     pub release_pid: Option<i32>,
 
-    /// At release, signal the process whose pid this file holds (read at release time).
+    /// At release, signal the process whose pid this file holds (read at release time). The file
+    /// must be a regular file owned by root (or drainer's user), not writable by group or others.
     #[arg(long, value_name = "FILE", group = "release_target")]
     pub release_pidfile: Option<PathBuf>,
 
-    /// At release, signal every process of this cgroup v2 directory.
+    /// At release, signal every process of this cgroup v2 directory and its descendants.
     #[arg(long, value_name = "DIR", group = "release_target")]
     pub release_cgroup: Option<PathBuf>,
 
@@ -224,6 +227,14 @@ fn parse_signal(text: &str) -> Result<Signal, String> {
         .and_then(|n| Signal::try_from(n).ok())
         .or_else(|| Signal::from_str(&name).ok())
         .ok_or_else(|| format!("unknown signal {text:?}: write e.g. SIGTERM, TERM or 15"))
+}
+
+/// A pid greater than 1.
+fn parse_release_pid(text: &str) -> Result<i32, String> {
+    let pid = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a pid: give the server's process id"))?;
+    check_pid(pid)
 }
 
 /// `300s`, `5m`, `1h30m`, `250ms`.
@@ -341,10 +352,13 @@ mod tests {
                 "--port",
                 "80",
                 "--release-pid",
-                "1",
+                "100",
                 "--release-cgroup",
                 "/x",
             ],
+            &["daemon", "--port", "80", "--release-pid", "1"],
+            &["daemon", "--port", "80", "--release-pid", "0"],
+            &["daemon", "--port", "80", "--release-pid", "-1"],
             &["daemon", "--port", "80", "--release-signal", "SIGNOPE"],
             &["daemon", "--port", "80", "--http-token-file", "/t"],
             &["drain", "--timeout", "forever"],

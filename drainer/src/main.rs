@@ -27,24 +27,25 @@ fn main() -> ExitCode {
             group: args.group,
             command: args.command,
         }),
-        Command::Daemon(args) => daemon::daemon(DaemonOptions {
-            release_target: args
-                .release_pid
-                .map(ReleaseTarget::Pid)
-                .or(args.release_pidfile.map(ReleaseTarget::PidFile))
-                .or(args.release_cgroup.map(ReleaseTarget::Cgroup)),
-            ports: args.ports,
-            netns: args.netns,
-            drain: args.drain,
-            control_socket: args.control_socket,
-            allowed: Allowed {
-                uids: args.allow_uids,
-                gids: args.allow_gids,
-            },
-            http: args.http,
-            http_token_file: args.http_token_file,
-            release_signal: args.release_signal,
-        }),
+        Command::Daemon(args) => {
+            ReleaseTarget::choose(args.release_pid, args.release_pidfile, args.release_cgroup)
+                .and_then(|release_target| {
+                    daemon::daemon(DaemonOptions {
+                        release_target,
+                        ports: args.ports,
+                        netns: args.netns,
+                        drain: args.drain,
+                        control_socket: args.control_socket,
+                        allowed: Allowed {
+                            uids: args.allow_uids,
+                            gids: args.allow_gids,
+                        },
+                        http: args.http,
+                        http_token_file: args.http_token_file,
+                        release_signal: args.release_signal,
+                    })
+                })
+        }
         Command::Drain(args) => client::drain(&args),
         Command::Status(args) => client::status(&args.socket.path, args.json),
         Command::Release(socket) => client::release(&socket.path),

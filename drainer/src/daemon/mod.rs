@@ -28,9 +28,12 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use nix::sys::signal::Signal;
 use tokio::{sync::mpsc, time::sleep};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-pub use self::{access::Allowed, release_target::ReleaseTarget};
+pub use self::{
+    access::Allowed,
+    release_target::{ReleaseTarget, check_pid},
+};
 use self::{
     http::Http,
     requests::{Command, Commands},
@@ -199,12 +202,13 @@ fn carry_out(action: Action, options: &DaemonOptions, exit: &Cell<bool>) {
     match action {
         Action::Release { trigger, .. } => {
             if let Some(target) = &options.release_target {
-                match target.signal(options.release_signal) {
-                    Ok(n) => info!(
-                        "sent {} to {n} process(es) of {target:?}",
-                        options.release_signal
-                    ),
-                    Err(err) => warn!("cannot signal the release target: {err:#}"),
+                let signal = options.release_signal;
+                match target.signal(signal) {
+                    Ok(delivery) if delivery.sent == 0 => {
+                        warn!("no process of {target} received {signal}: {delivery}")
+                    }
+                    Ok(delivery) => info!("sent {signal} to {target}: {delivery}"),
+                    Err(err) => error!("did not signal {target}: {err:#}"),
                 }
             }
             if matches!(trigger, Trigger::Signal(_)) {

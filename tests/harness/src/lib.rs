@@ -10,7 +10,9 @@
 //! | [`balancers`] | HAProxy and nginx in front of the servers |
 //! | [`netns`] | a throwaway network namespace per test; addresses and nftables rules in it |
 //! | [`process`] | child processes whose output is read line by line, stamped with the clock |
+//! | [`reporter`] | processes that report the signals they receive, one at a chosen pid if need be |
 //! | [`capabilities`] | commands limited to chosen capabilities; the sets a process holds |
+//! | [`cgroup`] | a throwaway cgroup v2 directory per test |
 //! | [`old_kernel`] | a seccomp trap that makes bpf(2) answer as an older kernel would |
 //! | [`tempdir`] | a private directory per test |
 //!
@@ -18,11 +20,13 @@
 //! a message saying so; they never skip.
 pub mod balancers;
 pub mod capabilities;
+pub mod cgroup;
 pub mod clients;
 pub mod drainer;
 pub mod netns;
 pub mod old_kernel;
 pub mod process;
+pub mod reporter;
 pub mod servers;
 pub mod tempdir;
 
