@@ -4,9 +4,8 @@
 //! alone, and drainer decides when the server hears of it.
 use std::{
     ffi::OsString,
-    io,
     os::{
-        fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd},
+        fd::{AsRawFd, OwnedFd, RawFd},
         unix::process::CommandExt as _,
     },
     process::Command,
@@ -14,7 +13,6 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use nix::{
-    errno::Errno,
     sys::{
         resource::{Resource, setrlimit},
         signal::{Signal, kill, killpg},
@@ -24,7 +22,7 @@ use nix::{
 };
 
 use super::privileges::ChildPrivileges;
-use crate::system::hardening;
+use crate::system::{hardening, pidfd};
 
 #[derive(Debug)]
 pub struct Child {
@@ -65,8 +63,8 @@ impl Child {
         let pid = Pid::from_raw(child.id() as i32);
         // The child is never reaped before this pidfd exists (only `exit_status` reaps), so the
         // pid cannot have been reused.
-        let pidfd =
-            pidfd_open(pid).context("pidfd_open on the started command (Linux >= 5.3 needed)")?;
+        let pidfd = pidfd::open(pid.as_raw())
+            .context("pidfd_open on the started command (Linux >= 5.3 needed)")?;
         Ok(Self { pid, pidfd })
     }
 
@@ -125,14 +123,6 @@ impl std::fmt::Display for ExitStatus {
             Self::Signal(signal) => write!(f, "signal {signal}"),
         }
     }
-}
-
-fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
-    // libc: nix (0.30, 0.32) has no pidfd_open, and std's PidFd is unstable (linux_pidfd).
-    // SAFETY: pidfd_open(2) with no flags; the result is checked.
-    let fd = Errno::result(unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) })?;
-    // SAFETY: a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 #[cfg(test)]

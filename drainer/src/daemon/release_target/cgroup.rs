@@ -19,7 +19,8 @@ use nix::sys::{
 };
 use tracing::warn;
 
-use super::{Delivery, pidfd::Process};
+use super::Delivery;
+use crate::system::pidfd::Process;
 
 /// Rounds of reading one cgroup.procs for processes forked meanwhile before the walk moves on.
 const MAX_ROUNDS: usize = 8;

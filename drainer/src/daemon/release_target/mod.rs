@@ -2,11 +2,10 @@
 //!
 //! drainer keeps CAP_KILL for this: it can signal any process, so whatever names the target is
 //! checked as if it were the signal itself. A pid is never 0 or negative (process groups, every
-//! process) nor 1 (init); `pid` holds a process by pidfd, so a pid reused by another process
+//! process) nor 1 (init); a pid is held by a pidfd, so a pid reused by another process
 //! is never hit; `pidfile` trusts a file only as far as who can write it; `cgroup` walks a
 //! cgroup v2 subtree.
 mod cgroup;
-mod pidfd;
 mod pidfile;
 
 use std::{fmt, path::PathBuf};
@@ -15,7 +14,7 @@ use anyhow::{Context as _, Result, anyhow};
 use nix::sys::signal::Signal;
 use tracing::info;
 
-use self::pidfd::Process;
+use crate::system::pidfd::Process;
 
 pub enum ReleaseTarget {
     /// Opened when drainer starts: if it exits, the release signals nobody.

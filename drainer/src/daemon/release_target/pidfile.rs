@@ -17,7 +17,8 @@ use nix::{
     unistd::geteuid,
 };
 
-use super::{Delivery, check_pid, pidfd::Process};
+use super::{Delivery, check_pid};
+use crate::system::pidfd::Process;
 
 /// More than a pid and a newline: not a pidfile.
 const MAX_LEN: u64 = 32;

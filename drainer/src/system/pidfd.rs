@@ -12,17 +12,20 @@ pub struct Process {
     fd: OwnedFd,
 }
 
+/// pidfd_open(2): a descriptor for the process `pid` names now, readable once it has exited.
+pub fn open(pid: i32) -> Result<OwnedFd, Errno> {
+    // libc: nix (0.30) has no pidfd_open, and std's PidFd is unstable (linux_pidfd).
+    // SAFETY: pidfd_open(2) with no flags; the result is checked.
+    let fd = Errno::result(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: a fresh descriptor (close-on-exec) nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 impl Process {
     /// The process `pid` names now; `None` if there is none.
     pub fn open(pid: i32) -> io::Result<Option<Self>> {
-        // libc: nix (0.30) has no pidfd_open, and std's PidFd is unstable (linux_pidfd).
-        // SAFETY: pidfd_open(2) with no flags; the result is checked.
-        match Errno::result(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) }) {
-            // SAFETY: a fresh descriptor (close-on-exec) nobody else owns.
-            Ok(fd) => Ok(Some(Self {
-                pid,
-                fd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) },
-            })),
+        match open(pid) {
+            Ok(fd) => Ok(Some(Self { pid, fd })),
             Err(Errno::ESRCH) => Ok(None),
             Err(Errno::EINVAL) => Err(io::Error::other(format!(
                 "{pid} is a thread, not a process: give its process id (Tgid in /proc/{pid}/status)"
