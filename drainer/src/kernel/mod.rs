@@ -11,10 +11,11 @@
 //! |---|---|
 //! | `programs` | loading the eBPF object, attaching its programs in order at a drain's start, seeding, the maps |
 //! | `counts` | the live count: counters, exactness, the socket-table fallback |
-//! | `socket_table` | NETLINK_SOCK_DIAG: naming live connections, counting when the counters cannot |
+//! | `sock_diag` | NETLINK_SOCK_DIAG: one dump, its replies parsed in place |
+//! | `socket_table` | the TCP sockets: naming live connections, counting when the counters cannot |
 //! | `netns` | opening a network namespace, running work inside it |
 //! | `claim` | one drainer per port and namespace |
-//! | `unix_sockets` | NETLINK_SOCK_DIAG for unix sockets: the abstract names in a namespace and their owners, for `claim` |
+//! | `unix_sockets` | the unix sockets: the abstract names in a namespace and their owners, for `claim` |
 //! | `layout` | struct offsets from the running kernel's BTF |
 //! | `seeded_table` | sizing the table of connections found at a drain's start |
 //! | `features` | the kernel features the programs need, and since when |
@@ -27,6 +28,7 @@ mod layout;
 mod netns;
 mod programs;
 mod seeded_table;
+mod sock_diag;
 mod socket_table;
 mod unix_sockets;
 

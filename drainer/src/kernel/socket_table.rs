@@ -9,25 +9,20 @@ use std::{
     collections::{BinaryHeap, HashMap},
     fmt,
     net::SocketAddr,
-    os::fd::{AsRawFd as _, OwnedFd},
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::Result;
 use drainer_common::LIVE_TCP_STATES;
-use netlink_packet_core::{
-    Emitable as _, ErrorBuffer, ErrorMessage, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR,
-    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NlasIterator, Parseable as _,
-};
+use netlink_packet_core::{Emitable as _, NlasIterator, Parseable as _};
 use netlink_packet_sock_diag::{
-    AF_INET, AF_INET6, INET_DIAG_INFO, IPPROTO_TCP, SOCK_DIAG_BY_FAMILY, SockDiagMessage,
+    AF_INET, AF_INET6, INET_DIAG_INFO, IPPROTO_TCP, SockDiagMessage,
     inet::{
         ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags, Timer, nlas::TcpInfo,
     },
 };
-use nix::sys::socket::{
-    AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, recv, send, socket,
-};
+
+use super::sock_diag::SockDiag;
 
 /// [`LIVE_TCP_STATES`] as an `idiag_states` bit mask.
 const LIVE_STATES: u32 = {
@@ -67,22 +62,17 @@ impl fmt::Display for TableSocket {
     }
 }
 
-/// A NETLINK_SOCK_DIAG socket bound to the namespace it was created in.
+/// The TCP sockets of the namespace it was opened in.
 pub struct SocketTable {
-    socket: OwnedFd,
+    diag: SockDiag,
 }
 
 impl SocketTable {
-    /// Opens the socket in the calling thread's network namespace.
+    /// Opens the table of the calling thread's network namespace.
     pub fn open() -> Result<Self> {
-        let socket = socket(
-            AddressFamily::Netlink,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkSockDiag,
-        )
-        .context("socket(AF_NETLINK, NETLINK_SOCK_DIAG)")?;
-        Ok(Self { socket })
+        Ok(Self {
+            diag: SockDiag::open()?,
+        })
     }
 
     /// The owner of each listener on `ports`, as (port, uid) pairs.
@@ -90,8 +80,7 @@ impl SocketTable {
         let mut owners = Vec::new();
         let mut buffer = vec![0u8; 16 * 1024];
         for family in [AF_INET, AF_INET6] {
-            self.send_dump_request(family, LISTENING)?;
-            self.read_dump(&mut buffer, |_, socket| {
+            self.dump(family, LISTENING, &mut buffer, |_, socket| {
                 let owner = (socket.local_port, socket.uid);
                 if ports.contains(&socket.local_port) && !owners.contains(&owner) {
                     owners.push(owner);
@@ -135,8 +124,7 @@ impl SocketTable {
     fn each_socket(&self, ports: &[u16], mut each: impl FnMut(u64, TableSocket)) -> Result<()> {
         let mut buffer = vec![0u8; 64 * 1024];
         for family in [AF_INET, AF_INET6] {
-            self.send_dump_request(family, LIVE_STATES)?;
-            self.read_dump(&mut buffer, |cookie, socket| {
+            self.dump(family, LIVE_STATES, &mut buffer, |cookie, socket| {
                 if ports.contains(&socket.local_port) {
                     each(cookie, socket);
                 }
@@ -145,9 +133,14 @@ impl SocketTable {
         Ok(())
     }
 
-    fn send_dump_request(&self, family: u8, states: u32) -> Result<()> {
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    /// One dump of the sockets of `family` in `states`, each reply parsed.
+    fn dump(
+        &self,
+        family: u8,
+        states: u32,
+        buffer: &mut [u8],
+        mut each: impl FnMut(u64, TableSocket),
+    ) -> Result<()> {
         let request = InetRequest {
             family,
             protocol: IPPROTO_TCP,
@@ -158,49 +151,13 @@ impl SocketTable {
                 _ => SocketId::new_v6(),
             },
         };
-        let mut message = NetlinkMessage::new(header, SockDiagMessage::InetRequest(request).into());
-        message.finalize();
-        let mut bytes = vec![0u8; message.buffer_len()];
-        message.serialize(&mut bytes);
-        let sent = send(self.socket.as_raw_fd(), &bytes, MsgFlags::empty())
-            .context("sending a sock_diag dump request")?;
-        ensure!(
-            sent == bytes.len(),
-            "a sock_diag dump request went out short"
-        );
-        Ok(())
-    }
-
-    /// Parses each reply in place from `buffer`, so a dump of a million sockets holds one buffer,
-    /// not a million replies.
-    // Per-layer parsers, not NetlinkMessage::deserialize: it boxes each socket (4x the CPU).
-    fn read_dump(&self, buffer: &mut [u8], mut each: impl FnMut(u64, TableSocket)) -> Result<()> {
-        loop {
-            let len = recv(self.socket.as_raw_fd(), buffer, MsgFlags::empty())
-                .context("reading a sock_diag dump")?;
-            let mut messages = &buffer[..len];
-            while !messages.is_empty() {
-                let message =
-                    NetlinkBuffer::new_checked(messages).context("malformed sock_diag reply")?;
-                match message.message_type() {
-                    NLMSG_DONE => return Ok(()),
-                    NLMSG_ERROR => {
-                        let error = ErrorBuffer::new_checked(&message.payload())
-                            .and_then(|error| ErrorMessage::parse(&error))
-                            .context("malformed sock_diag error")?;
-                        return Err(error.to_io()).context("sock_diag dump");
-                    }
-                    SOCK_DIAG_BY_FAMILY => {
-                        if let Some((cookie, socket)) = parse_response(message.payload()) {
-                            each(cookie, socket);
-                        }
-                    }
-                    _ => {}
+        self.diag
+            .dump(SockDiagMessage::InetRequest(request), buffer, |payload| {
+                if let Some((cookie, socket)) = parse_response(payload) {
+                    each(cookie, socket);
                 }
-                let next = (message.length() as usize).next_multiple_of(4);
-                messages = &messages[next.min(messages.len())..];
-            }
-        }
+                Ok(())
+            })
     }
 }
 
