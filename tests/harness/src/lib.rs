@@ -9,6 +9,7 @@
 //! | [`clients`] | the clients: addresses, connections, echo, live WebSocket sessions, HTTP (keep-alive, or a new connection per request) |
 //! | [`balancers`] | HAProxy and nginx in front of the servers |
 //! | [`netns`] | a throwaway network namespace per test; addresses and nftables rules in it |
+//! | [`pressure`] | a tight descriptor limit; idle connections held open by an unprivileged user |
 //! | [`process`] | child processes whose output is read line by line, stamped with the clock |
 //! | [`capabilities`] | commands limited to chosen capabilities; the sets a process holds |
 //! | [`old_kernel`] | a seccomp trap that makes bpf(2) answer as an older kernel would |
@@ -22,6 +23,7 @@ pub mod clients;
 pub mod drainer;
 pub mod netns;
 pub mod old_kernel;
+pub mod pressure;
 pub mod process;
 pub mod servers;
 pub mod tempdir;
