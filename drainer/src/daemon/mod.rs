@@ -150,9 +150,9 @@ async fn serve(
         .systemd()
         .ready(&format!("serving: {live} live"));
 
-    let exit = Cell::new(false);
-    if let Err(err) = run(&mut event_loop, &engine, &mut requests, &options, &exit).await {
-        release_on_failure(&engine.borrow(), &options, &exit, &err);
+    let acting = Acting::new(&options);
+    if let Err(err) = run(&mut event_loop, &engine, &mut requests, &acting).await {
+        acting.release_on_failure(&engine.borrow(), &err);
         return Err(err);
     }
     engine.borrow().systemd().stopping("released; exiting");
@@ -169,8 +169,7 @@ async fn run(
     event_loop: &mut EventLoop,
     engine: &RefCell<Engine>,
     requests: &mut mpsc::UnboundedReceiver<Command>,
-    options: &DaemonOptions,
-    exit: &Cell<bool>,
+    acting: &Acting<'_>,
 ) -> Result<()> {
     let mut retry = Retry::default();
     loop {
@@ -178,35 +177,101 @@ async fn run(
         // the retry also runs: a timer that failed is due again at once, and must not spin.
         let wakeup = retry.at.or_else(|| engine.borrow().next_wakeup());
         let request = async { requests.recv().await.context("the request channel closed") };
-        let outcome =
-            match event_loop.next(wakeup, request).await? {
-                Input::Engine(EngineInput::Timer) if retry.at.is_some() => {
-                    // The count first: what a failed step most likely missed is a count that
-                    // releases.
-                    let retried = engine.borrow_mut().on(EngineInput::CountsChanged).and_then(
-                        |mut actions| {
-                            actions.extend(engine.borrow_mut().on(EngineInput::Timer)?);
-                            Ok(actions)
-                        },
-                    );
-                    if retried.is_ok() {
-                        retry.succeeded();
-                    }
-                    retried
+        let mut actions = Vec::new();
+        let outcome = match event_loop.next(wakeup, request).await? {
+            Input::Engine(EngineInput::Timer) if retry.at.is_some() => {
+                // The count first: what a failed step most likely missed is a count that
+                // releases.
+                let retried = [EngineInput::CountsChanged, EngineInput::Timer]
+                    .into_iter()
+                    .try_for_each(|input| {
+                        actions.extend(engine.borrow_mut().on(input)?);
+                        Ok(())
+                    });
+                if retried.is_ok() {
+                    retry.succeeded();
                 }
-                Input::Engine(input) => engine.borrow_mut().on(input),
-                Input::Mode(command) => obey(engine, command),
-            };
-        match outcome {
-            Ok(actions) => {
-                for action in actions {
-                    carry_out(action, options, exit);
-                }
+                retried
             }
-            Err(err) => retry.failed(&err),
+            Input::Engine(input) => engine.borrow_mut().on(input).map(|done| actions = done),
+            Input::Mode(command) => obey(engine, command).map(|done| actions = done),
+        };
+        if let Err(err) = outcome {
+            retry.failed(&err);
         }
-        if exit.get() {
+        for action in actions {
+            acting.carry_out(action);
+        }
+        acting.catch_up(&engine.borrow());
+        if acting.exit.get() {
             return Ok(());
+        }
+    }
+}
+
+/// What the loop does for the engine: signal the release target, and exit when the daemon's
+/// own stop came.
+struct Acting<'a> {
+    options: &'a DaemonOptions,
+    exit: Cell<bool>,
+    /// Whether the release the policy made has been carried out. The engine hands a release
+    /// over as an action, which a step failing after the policy released (its report reads the
+    /// count) loses; the release is then carried out from the policy's phase.
+    released: Cell<bool>,
+}
+
+impl<'a> Acting<'a> {
+    fn new(options: &'a DaemonOptions) -> Self {
+        Self {
+            options,
+            exit: Cell::new(false),
+            released: Cell::new(false),
+        }
+    }
+
+    fn carry_out(&self, action: Action) {
+        if matches!(action, Action::Release { .. }) {
+            self.released.set(true);
+        }
+        carry_out(action, self.options, &self.exit);
+    }
+
+    /// Carries out a release the policy made but a failed step did not hand over.
+    fn catch_up(&self, engine: &Engine) {
+        match engine.phase() {
+            Phase::Released {
+                reason, trigger, ..
+            } if !self.released.get() => {
+                warn!("carrying out the release a failed step left undone");
+                self.carry_out(Action::Release { reason, trigger });
+            }
+            Phase::Serving => self.released.set(false),
+            Phase::Draining { .. } | Phase::Released { .. } => {}
+        }
+    }
+
+    /// The loop cannot go on. A drain under way releases the server now, and says so, rather
+    /// than leave it waiting for a release that would never come.
+    fn release_on_failure(&self, engine: &Engine, err: &anyhow::Error) {
+        match engine.phase() {
+            Phase::Draining { trigger, .. } => {
+                error!("the daemon cannot go on ({err:#}): releasing the server now");
+                // The reason is not read: releasing signals the target, whatever the reason.
+                self.carry_out(Action::Release {
+                    reason: ReleaseReason::Forced,
+                    trigger,
+                });
+            }
+            Phase::Released { .. } if !self.released.get() => {
+                error!("the daemon cannot go on ({err:#}): releasing the server now");
+                self.catch_up(engine);
+            }
+            Phase::Released { .. } => {
+                error!("the daemon cannot go on ({err:#}): the server was already released");
+            }
+            Phase::Serving => {
+                error!("the daemon cannot go on ({err:#}): no drain under way, nothing to release")
+            }
         }
     }
 }
@@ -306,36 +371,6 @@ impl Retry {
             );
         }
         self.at = None;
-    }
-}
-
-/// The loop cannot go on. A drain under way releases the server now, and says so, rather than
-/// leave it waiting for a release that would never come.
-fn release_on_failure(
-    engine: &Engine,
-    options: &DaemonOptions,
-    exit: &Cell<bool>,
-    err: &anyhow::Error,
-) {
-    match engine.phase() {
-        Phase::Draining { trigger, .. } => {
-            error!("the daemon cannot go on ({err:#}): releasing the server now");
-            // The reason is not read: carry_out only signals the target.
-            carry_out(
-                Action::Release {
-                    reason: ReleaseReason::Forced,
-                    trigger,
-                },
-                options,
-                exit,
-            );
-        }
-        Phase::Serving => {
-            error!("the daemon cannot go on ({err:#}): no drain under way, nothing to release")
-        }
-        Phase::Released { .. } => {
-            error!("the daemon cannot go on ({err:#}): the server was already released")
-        }
     }
 }
 

@@ -110,19 +110,29 @@ async fn supervise(
         .systemd()
         .ready(&format!("serving: {} live", engine.count()?.live));
 
-    let supervised = follow(&mut event_loop, &mut engine, &child, &mut forwarded).await;
+    let mut released = false;
+    let supervised = follow(
+        &mut event_loop,
+        &mut engine,
+        &child,
+        &mut forwarded,
+        &mut released,
+    )
+    .await;
     if let Err(err) = &supervised {
-        release_on_failure(&engine, child.get_ref(), err);
+        release_on_failure(&engine, child.get_ref(), released, err);
     }
     supervised
 }
 
-/// Runs the loop until the child exits; returns drainer's exit code.
+/// Runs the loop until the child exits; returns drainer's exit code. `released` tells whether
+/// the server was sent its release.
 async fn follow(
     event_loop: &mut EventLoop,
     engine: &mut Engine,
     child: &AsyncFd<Child>,
     forwarded: &mut mpsc::UnboundedReceiver<Signal>,
+    released: &mut bool,
 ) -> Result<i32> {
     loop {
         let from_child = child_input(child, forwarded);
@@ -132,16 +142,18 @@ async fn follow(
             Input::Mode(ChildInput::Exited(status)) => return Ok(exited(status)),
         };
         for action in actions {
+            *released |= matches!(action, Action::Release { .. });
             carry_out(action, engine, child.get_ref())?;
         }
     }
 }
 
 /// The loop cannot go on and drainer is about to exit. A drain under way releases the server
-/// now, and says so, rather than leave it waiting for a stop signal that would never come.
-fn release_on_failure(engine: &Engine, child: &Child, err: &anyhow::Error) {
+/// now, and says so, rather than leave it waiting for a stop signal that would never come; so
+/// does one the policy released when the step that released it failed before signalling.
+fn release_on_failure(engine: &Engine, child: &Child, released: bool, err: &anyhow::Error) {
     match engine.phase() {
-        Phase::Draining { trigger, .. } => {
+        Phase::Draining { trigger, .. } | Phase::Released { trigger, .. } if !released => {
             let signal = match trigger {
                 Trigger::Signal(signal) => signal,
                 Trigger::Request => Signal::SIGTERM,
@@ -156,7 +168,7 @@ fn release_on_failure(engine: &Engine, child: &Child, err: &anyhow::Error) {
              unguarded",
             child.pid()
         ),
-        Phase::Released { .. } => {
+        Phase::Draining { .. } | Phase::Released { .. } => {
             error!("drainer cannot go on ({err:#}): the server was already released");
         }
     }
