@@ -168,6 +168,9 @@ async fn connection(stream: UnixStream, server: &Server) {
         debug!("control connection: {err:#}");
     }
     finish(&stream).await;
+    // A read given up on stays in the kernel's hands, holding the descriptor open until the
+    // client sends or closes; shutting the socket down completes it now.
+    let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
 /// A refusal is a short line into an empty socket buffer; this only bounds a pathological case.

@@ -71,6 +71,11 @@ pub async fn serve(listener: TcpListener, http: Rc<Http>, slots: Slots) {
                     let response = respond(&stream, &http).await;
                     debug!(%peer, code = response.code, "http request");
                     let _ = stream.write_bytes(response.into_bytes()).await;
+                    // A read given up on (a head not in by HEAD_TIME) is still in the kernel's
+                    // hands, and keeps the descriptor open until it completes: until the client
+                    // sends or closes, which it may never do. Shutting the socket down
+                    // completes it now, so the descriptor closes with the connection's slot.
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
                     drop(slot);
                 });
             }
