@@ -1,13 +1,16 @@
 """Keeps COUNT idle connections open to a Unix socket and to a TCP address, as a local user out to
-exhaust a server's descriptors would: none of them ever sends a byte, and one the server closes is
-replaced (at most REPLACE_PER_SECOND a second per target), so the pressure lasts.
+exhaust a server's descriptors would: none of them ever sends a byte, and one the server answers
+or closes is replaced (at most REPLACE_PER_SECOND a second per target), so the pressure lasts.
+The answered ones are not closed either (up to COUNT of them per target, the oldest closed
+beyond that): a server must not need its client to close before it lets go of a connection.
 
 Usage: idle_flood.py COUNT UNIX_PATH TCP_HOST TCP_PORT
 
 Needs only the standard library: tests run it with the system python3 as an unprivileged user.
 Prints "holding COUNT unix COUNT tcp" once COUNT connections to each are connected or connecting
 (a TCP connect waits in the kernel while the server's backlog is full), then every second
-"unix open=N replaced=N; tcp open=N connecting=N replaced=N"."""
+"unix open=N connecting=N replaced=N failed=N; tcp ..."."""
+import collections
 import errno
 import os
 import resource
@@ -53,6 +56,8 @@ class Target:
         self.connecting = set()
         self.replaced = 0
         self.failed = 0
+        # Answered or closed by the server, still open here.
+        self.answered = collections.deque()
         # Replacements allowed right now: refilled each second, the first fill unlimited.
         self.allowance = count
         self.refilled_at = time.monotonic()
@@ -93,14 +98,17 @@ class Target:
             self.open.add(sock)
             self.selector.register(sock, selectors.EVENT_READ, (self.name, "open"))
             return
-        # Readable: the server answered or closed. Either way this connection is spent.
+        # Readable: the server answered or closed. Either way this connection is spent, but it
+        # stays open on this side.
         try:
             sock.recv(4096)
         except OSError:
             pass
         self.selector.unregister(sock)
         self.open.discard(sock)
-        sock.close()
+        self.answered.append(sock)
+        if len(self.answered) > self.count:
+            self.answered.popleft().close()
         self.replaced += 1
 
     def report(self):
