@@ -21,6 +21,10 @@ pub const EXIT_RESUMED: i32 = 5;
 
 struct Connection {
     reader: BufReader<UnixStream>,
+    /// Why the request could not be sent, if it could not: the daemon answers a caller it
+    /// refuses and closes at once, perhaps before the request is out, and that answer is
+    /// still there to read.
+    unsent: Option<std::io::Error>,
 }
 
 impl Connection {
@@ -33,20 +37,22 @@ impl Connection {
         })?;
         let mut line = serde_json::to_vec(request)?;
         line.push(b'\n');
-        stream.write_all(&line).context("sending the request")?;
+        let unsent = stream.write_all(&line).err();
         Ok(Self {
             reader: BufReader::new(stream),
+            unsent,
         })
     }
 
     fn next(&mut self) -> Result<Reply> {
         let mut line = String::new();
-        if self
-            .reader
-            .read_line(&mut line)
-            .context("reading the daemon's reply")?
-            == 0
+        let read = self.reader.read_line(&mut line);
+        if let Some(err) = self.unsent.take()
+            && !matches!(read, Ok(n) if n > 0)
         {
+            return Err(err).context("sending the request");
+        }
+        if read.context("reading the daemon's reply")? == 0 {
             bail!("the daemon closed the connection without a reply");
         }
         match serde_json::from_str(&line).context("the daemon's reply is not valid")? {

@@ -53,6 +53,12 @@ fn pod_rehearsal_prestop_http_drain_then_sigterm_loses_no_session() {
     let dir = TempDir::create("pod");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    // Only root may read it: drainer refuses a token others can read.
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let socket = socket_arg(&dir);
 
     // The app container: uvicorn in the pod's namespace.
@@ -504,6 +510,12 @@ fn malformed_http_requests_each_get_a_clear_status_and_the_daemon_keeps_serving(
     let dir = TempDir::create("http-malformed");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
+    // Only root may read it: drainer refuses a token others can read.
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let socket = socket_arg(&dir);
     let _daemon = drainer_daemon(
         &netns,

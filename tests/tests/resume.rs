@@ -34,6 +34,9 @@ impl Bed {
         let dir = TempDir::create(name);
         let token = dir.path().join("token");
         std::fs::write(&token, TOKEN).unwrap();
+        // Only root may read it: drainer refuses a token others can read.
+        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         let server = echo_server(&netns, &[("127.0.0.1", PORT)]);
         let socket = dir.path().join("drainer.sock");
         let daemon = drainer_daemon(

@@ -12,6 +12,7 @@ use tokio_uring::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use super::{
+    connections::{Backoff, Slots},
     metrics,
     requests::{Command, Commands, ask},
     waiters::{Stage, follow},
@@ -56,21 +57,29 @@ impl Response {
     }
 }
 
-pub async fn serve(listener: TcpListener, http: Rc<Http>) {
+/// Serves at most `slots` connections at once; anyone can connect, so an idle one is answered
+/// and closed when its head is not in by [`HEAD_TIME`].
+pub async fn serve(listener: TcpListener, http: Rc<Http>, slots: Slots) {
+    let mut backoff = Backoff::new("HTTP");
     loop {
+        let slot = slots.take().await;
         match listener.accept().await {
             Ok((stream, peer)) => {
+                backoff.succeeded();
                 let http = http.clone();
                 tokio::task::spawn_local(async move {
                     let response = respond(&stream, &http).await;
                     debug!(%peer, code = response.code, "http request");
                     let _ = stream.write_bytes(response.into_bytes()).await;
+                    // A read given up on (a head not in by HEAD_TIME) is still in the kernel's
+                    // hands, and keeps the descriptor open until it completes: until the client
+                    // sends or closes, which it may never do. Shutting the socket down
+                    // completes it now, so the descriptor closes with the connection's slot.
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    drop(slot);
                 });
             }
-            Err(err) => {
-                warn!("http accept failed: {err}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            Err(err) => backoff.failed(&err).await,
         }
     }
 }

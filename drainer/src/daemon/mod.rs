@@ -8,21 +8,23 @@
 //! The event loop adds one source to the engine's: the `requests` channel, through which the
 //! `control` socket and the `http` listener ask for a drain or a release.
 mod access;
+mod connections;
 mod control;
 mod http;
 mod metrics;
 mod release_target;
 mod requests;
+mod signals;
+mod token;
 mod waiters;
 mod wire;
 
 use std::{
     cell::{Cell, RefCell},
-    fs,
     net::SocketAddr,
     path::PathBuf,
     rc::Rc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -35,14 +37,15 @@ pub use self::{
     release_target::{ReleaseTarget, check_pid},
 };
 use self::{
+    connections::Slots,
     http::Http,
     requests::{Command, Commands},
 };
 use crate::{
     cli::DrainFlags,
     engine::{
-        self, Action, Engine,
-        policy::{Drain, Trigger},
+        self, Action, Engine, EngineInput,
+        policy::{Drain, Phase, ReleaseReason, Trigger},
     },
     event_loop::{EventLoop, Input},
     kernel::{Kernel, Netns, Target},
@@ -77,7 +80,7 @@ pub fn daemon(options: DaemonOptions) -> Result<i32> {
     }
     capabilities::require(&needed)?;
     let token = match &options.http_token_file {
-        Some(path) => Some(read_token(path)?),
+        Some(path) => Some(token::read(path)?),
         None => None,
     };
     if token.is_some() && options.http.is_none() {
@@ -103,6 +106,8 @@ async fn serve(
     attach_privileges: Vec<Capability>,
 ) -> Result<i32> {
     let mut event_loop = EventLoop::new(engine.kernel_mut())?;
+    let engine = Rc::new(RefCell::new(engine));
+    signals::catch(engine.clone())?;
     let control_listener = control::bind(&options.control_socket)?;
     let http_listener = match options.http {
         Some(addr) => Some(
@@ -116,13 +121,14 @@ async fn serve(
     // attaching the programs when a drain starts.
     capabilities::keep(&[CAP_KILL], &attach_privileges)?;
 
-    let engine = Rc::new(RefCell::new(engine));
+    let slots = connections::per_listener(1 + usize::from(http_listener.is_some()));
     let (commands, mut requests): (Commands, _) = mpsc::unbounded_channel();
     tokio::task::spawn_local(control::serve(
         control_listener,
         engine.clone(),
         commands.clone(),
         options.allowed.clone(),
+        Slots::new(slots),
     ));
     if let Some(listener) = http_listener {
         info!(
@@ -135,66 +141,239 @@ async fn serve(
             commands: commands.clone(),
             token,
         });
-        tokio::task::spawn_local(http::serve(listener, http));
+        tokio::task::spawn_local(http::serve(listener, http, Slots::new(slots)));
     }
-    info!("control socket {}", options.control_socket.display());
+    info!(
+        "control socket {} (each listener serves {slots} connections at once)",
+        options.control_socket.display()
+    );
     let live = engine.borrow().count()?.live;
     engine
         .borrow()
         .systemd()
         .ready(&format!("serving: {live} live"));
 
-    let exit = Rc::new(Cell::new(false));
+    let acting = Acting::new(&options);
+    if let Err(err) = run(&mut event_loop, &engine, &mut requests, &acting).await {
+        acting.release_on_failure(&engine.borrow(), &err);
+        return Err(err);
+    }
+    engine.borrow().systemd().stopping("released; exiting");
+    // Let waiters read the release before the sockets close.
+    sleep(WAITER_GRACE).await;
+    info!("exiting");
+    Ok(0)
+}
+
+/// Runs the loop until the daemon's own stop. A step the engine cannot finish (a count read
+/// failing while memory or descriptors run short, say) is logged and taken again later: nothing
+/// a client does, and no shortage, ends a drain. Only the loop itself failing ends it.
+async fn run(
+    event_loop: &mut EventLoop,
+    engine: &RefCell<Engine>,
+    requests: &mut mpsc::UnboundedReceiver<Command>,
+    acting: &Acting<'_>,
+) -> Result<()> {
+    let mut retry = Retry::default();
     loop {
-        let wakeup = engine.borrow().next_wakeup();
+        // While a step waits to be retried, its time stands in for the engine's timers, which
+        // the retry also runs: a timer that failed is due again at once, and must not spin.
+        let wakeup = retry.at.or_else(|| engine.borrow().next_wakeup());
         let request = async { requests.recv().await.context("the request channel closed") };
-        let actions = match event_loop.next(wakeup, request).await? {
-            Input::Engine(input) => engine.borrow_mut().on(input)?,
-            Input::Mode(Command::Drain { request, done }) => {
-                info!("drain requested through the control socket or HTTP");
-                let started = engine.borrow_mut().drain_request(request)?;
-                match started {
-                    Ok(actions) => {
-                        let _ = done.send(Ok(()));
-                        actions
-                    }
-                    Err(problem) => {
-                        warn!("refused a drain request: {problem}");
-                        let _ = done.send(Err(problem));
-                        Vec::new()
-                    }
+        let mut actions = Vec::new();
+        let outcome = match event_loop.next(wakeup, request).await? {
+            Input::Engine(EngineInput::Timer) if retry.at.is_some() => {
+                // The count first: what a failed step most likely missed is a count that
+                // releases.
+                let retried = [EngineInput::CountsChanged, EngineInput::Timer]
+                    .into_iter()
+                    .try_for_each(|input| {
+                        actions.extend(engine.borrow_mut().on(input)?);
+                        Ok(())
+                    });
+                if retried.is_ok() {
+                    retry.succeeded();
                 }
+                retried
             }
-            Input::Mode(Command::Release { done }) => {
-                let actions = engine.borrow_mut().force_release()?;
-                let _ = done.send(Ok(()));
-                actions
-            }
-            Input::Mode(Command::Resume { done }) => {
-                let resumed = engine.borrow_mut().resume()?;
-                match resumed {
-                    Ok(actions) => {
-                        let _ = done.send(Ok(()));
-                        actions
-                    }
-                    Err(cannot) => {
-                        warn!("refused to resume: {cannot}");
-                        let _ = done.send(Err(cannot.to_string()));
-                        Vec::new()
-                    }
-                }
-            }
+            Input::Engine(input) => engine.borrow_mut().on(input).map(|done| actions = done),
+            Input::Mode(command) => obey(engine, command).map(|done| actions = done),
         };
+        if let Err(err) = outcome {
+            retry.failed(&err);
+        }
         for action in actions {
-            carry_out(action, &options, &exit);
+            acting.carry_out(action);
         }
-        if exit.get() {
-            engine.borrow().systemd().stopping("released; exiting");
-            // Let waiters read the release before the sockets close.
-            sleep(WAITER_GRACE).await;
-            info!("exiting");
-            return Ok(0);
+        acting.catch_up(&engine.borrow());
+        if acting.exit.get() {
+            return Ok(());
         }
+    }
+}
+
+/// What the loop does for the engine: signal the release target, and exit when the daemon's
+/// own stop came.
+struct Acting<'a> {
+    options: &'a DaemonOptions,
+    exit: Cell<bool>,
+    /// Whether the release the policy made has been carried out. The engine hands a release
+    /// over as an action, which a step failing after the policy released (its report reads the
+    /// count) loses; the release is then carried out from the policy's phase.
+    released: Cell<bool>,
+}
+
+impl<'a> Acting<'a> {
+    fn new(options: &'a DaemonOptions) -> Self {
+        Self {
+            options,
+            exit: Cell::new(false),
+            released: Cell::new(false),
+        }
+    }
+
+    fn carry_out(&self, action: Action) {
+        if matches!(action, Action::Release { .. }) {
+            self.released.set(true);
+        }
+        carry_out(action, self.options, &self.exit);
+    }
+
+    /// Carries out a release the policy made but a failed step did not hand over.
+    fn catch_up(&self, engine: &Engine) {
+        match engine.phase() {
+            Phase::Released {
+                reason, trigger, ..
+            } if !self.released.get() => {
+                warn!("carrying out the release a failed step left undone");
+                self.carry_out(Action::Release { reason, trigger });
+            }
+            Phase::Serving => self.released.set(false),
+            Phase::Draining { .. } | Phase::Released { .. } => {}
+        }
+    }
+
+    /// The loop cannot go on. A drain under way releases the server now, and says so, rather
+    /// than leave it waiting for a release that would never come.
+    fn release_on_failure(&self, engine: &Engine, err: &anyhow::Error) {
+        match engine.phase() {
+            Phase::Draining { trigger, .. } => {
+                error!("the daemon cannot go on ({err:#}): releasing the server now");
+                // The reason is not read: releasing signals the target, whatever the reason.
+                self.carry_out(Action::Release {
+                    reason: ReleaseReason::Forced,
+                    trigger,
+                });
+            }
+            Phase::Released { .. } if !self.released.get() => {
+                error!("the daemon cannot go on ({err:#}): releasing the server now");
+                self.catch_up(engine);
+            }
+            Phase::Released { .. } => {
+                error!("the daemon cannot go on ({err:#}): the server was already released");
+            }
+            Phase::Serving => {
+                error!("the daemon cannot go on ({err:#}): no drain under way, nothing to release")
+            }
+        }
+    }
+}
+
+/// Carries out a request from the control socket or HTTP, and tells the requester how it went.
+fn obey(engine: &RefCell<Engine>, command: Command) -> Result<Vec<Action>> {
+    match command {
+        Command::Drain { request, done } => {
+            info!("drain requested through the control socket or HTTP");
+            let started = engine.borrow_mut().drain_request(request);
+            match started {
+                Ok(Ok(actions)) => {
+                    let _ = done.send(Ok(()));
+                    Ok(actions)
+                }
+                Ok(Err(problem)) => {
+                    warn!("refused a drain request: {problem}");
+                    let _ = done.send(Err(problem));
+                    Ok(Vec::new())
+                }
+                Err(err) => {
+                    // A drain that started goes on (and is retried); the requester follows it.
+                    let started = engine.borrow().phase() != Phase::Serving;
+                    let _ = done.send(if started {
+                        Ok(())
+                    } else {
+                        Err(format!("{err:#}"))
+                    });
+                    Err(err)
+                }
+            }
+        }
+        Command::Release { done } => {
+            let released = engine.borrow_mut().force_release();
+            let ok = released.is_ok() || matches!(engine.borrow().phase(), Phase::Released { .. });
+            let _ = done.send(match &released {
+                Err(err) if !ok => Err(format!("{err:#}")),
+                _ => Ok(()),
+            });
+            released
+        }
+        Command::Resume { done } => {
+            let resumed = engine.borrow_mut().resume();
+            match resumed {
+                Ok(Ok(actions)) => {
+                    let _ = done.send(Ok(()));
+                    Ok(actions)
+                }
+                Ok(Err(cannot)) => {
+                    warn!("refused to resume: {cannot}");
+                    let _ = done.send(Err(cannot.to_string()));
+                    Ok(Vec::new())
+                }
+                Err(err) => {
+                    let _ = done.send(Err(format!("{err:#}")));
+                    Err(err)
+                }
+            }
+        }
+    }
+}
+
+/// A step the engine could not finish, taken again ever less often until it succeeds.
+#[derive(Default)]
+struct Retry {
+    /// When to take it again; `None` when nothing failed.
+    at: Option<Instant>,
+    delay: Duration,
+    failing_since: Option<Instant>,
+}
+
+const FIRST_RETRY: Duration = Duration::from_millis(50);
+const MAX_RETRY: Duration = Duration::from_secs(1);
+
+impl Retry {
+    fn failed(&mut self, err: &anyhow::Error) {
+        let now = Instant::now();
+        let since = *self.failing_since.get_or_insert(now);
+        self.delay = if self.at.is_some() {
+            (self.delay * 2).min(MAX_RETRY)
+        } else {
+            FIRST_RETRY
+        };
+        warn!(
+            "{err:#}; failing for {:.1}s: trying again in {:?}",
+            (now - since).as_secs_f64(),
+            self.delay
+        );
+        self.at = Some(now + self.delay);
+    }
+
+    fn succeeded(&mut self) {
+        if let Some(since) = self.failing_since.take() {
+            info!(
+                "recovered after {:.1}s of failing steps",
+                since.elapsed().as_secs_f64()
+            );
+        }
+        self.at = None;
     }
 }
 
@@ -219,17 +398,4 @@ fn carry_out(action: Action, options: &DaemonOptions, exit: &Cell<bool>) {
         Action::Forward(_) => exit.set(true),
         Action::Kill => {}
     }
-}
-
-fn read_token(path: &std::path::Path) -> Result<String> {
-    let token = fs::read_to_string(path)
-        .with_context(|| format!("reading the HTTP token file {}", path.display()))?;
-    let token = token.trim().to_owned();
-    if token.len() < 16 {
-        bail!(
-            "the token in {} is shorter than 16 characters: use a long random one",
-            path.display()
-        );
-    }
-    Ok(token)
 }

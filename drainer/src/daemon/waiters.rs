@@ -4,6 +4,7 @@ use std::{cell::RefCell, future::Future, rc::Rc, time::Duration};
 use anyhow::Result;
 use drainer_common::protocol::{State, Status};
 use tokio::time::{Instant, sleep};
+use tracing::warn;
 
 use crate::engine::Engine;
 
@@ -23,8 +24,13 @@ pub enum Stage {
     Resumed,
 }
 
+/// A status that cannot be read now (the socket table's dump failing for want of memory, say)
+/// is read again this much later: a waiter is the preStop hook or the script that stops the
+/// server once it returns, so it must not return before the drain ends.
+const RETRY: Duration = Duration::from_millis(200);
+
 /// Calls `report(status, stage)` on changes until the drain under way (or the next one, while
-/// serving) ends: released, or resumed.
+/// serving) ends: released, or resumed. Fails only when `report` does (the waiter has gone).
 pub async fn follow<F, Fut>(engine: &Rc<RefCell<Engine>>, mut report: F) -> Result<()>
 where
     F: FnMut(Status, Stage) -> Fut,
@@ -36,7 +42,15 @@ where
     let mut followed: Option<u64> = None;
     loop {
         changes.borrow_and_update();
-        let status = engine.borrow().status(false)?;
+        let read = engine.borrow().status(false);
+        let status = match read {
+            Ok(status) => status,
+            Err(err) => {
+                warn!("a waiter cannot read the status ({err:#}): trying again in {RETRY:?}");
+                sleep(RETRY).await;
+                continue;
+            }
+        };
         let stage = match followed {
             Some(drain) if status.state == State::Serving || status.drains_started != drain => {
                 Stage::Resumed

@@ -5,9 +5,12 @@
 //! Nothing is pinned: every program hangs off a link owned by this process, so when drainer exits
 //! or dies the kernel detaches them and the ports behave as if drainer had never run.
 use std::{
-    fs::{self, File},
+    fs::File,
     io::{ErrorKind, Read as _},
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::{
+        fd::{AsFd as _, AsRawFd as _},
+        unix::fs::FileExt as _,
+    },
     path::{Path, PathBuf},
 };
 
@@ -97,13 +100,30 @@ fn guarded_ports(ports: &[u16]) -> ([u16; MAX_PORTS as usize], u64) {
     (list, filter)
 }
 
+/// The whole of a small /proc file, read from offset 0 with pread: the kernel regenerates a
+/// seq_file's text on a read at offset 0, so one open file gives the current text each time.
+fn read_from_start(file: &File) -> std::io::Result<String> {
+    let mut text = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = file.read_at(&mut chunk, text.len() as u64)?;
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8(text).map_err(|err| std::io::Error::new(ErrorKind::InvalidData, err))
+}
+
 /// The loaded programs and their maps; attached only while a drain runs.
 pub(super) struct Programs {
     ebpf: Ebpf,
     ports: Vec<u16>,
     netns: Netns,
     /// /proc/self/fdinfo of the tracepoint program, where the kernel reports its missed runs.
-    transitions_fdinfo: PathBuf,
+    /// Opened once and re-read from offset 0 (the kernel regenerates it on each such read): a
+    /// count read must not need a new descriptor, which a full descriptor table would refuse.
+    transitions_fdinfo: Option<(PathBuf, File)>,
     /// The tracepoint's missed runs before the current drain attached it: the count cares only
     /// about those since.
     missed_before: u64,
@@ -148,7 +168,7 @@ impl Programs {
             ebpf,
             ports: target.ports.to_vec(),
             netns: target.netns.try_clone()?,
-            transitions_fdinfo: PathBuf::new(),
+            transitions_fdinfo: None,
             missed_before: 0,
             transitions: None,
             refusal: None,
@@ -170,8 +190,10 @@ impl Programs {
         program
             .load("inet_sock_set_state", btf)
             .with_context(|| TP_BTF.missing())?;
-        self.transitions_fdinfo =
+        let path =
             Path::new("/proc/self/fdinfo").join(program.fd()?.as_fd().as_raw_fd().to_string());
+        let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        self.transitions_fdinfo = Some((path, file));
         // Fails now, not mid-drain, on a kernel that does not report missed runs.
         self.missed_state_changes()?;
         Ok(())
@@ -273,13 +295,17 @@ impl Programs {
     /// How many times the kernel skipped the tracepoint program because it was already running
     /// on that CPU, since the program was loaded.
     fn missed_state_changes(&self) -> Result<u64> {
-        let fdinfo = fs::read_to_string(&self.transitions_fdinfo)
-            .with_context(|| format!("reading {}", self.transitions_fdinfo.display()))?;
+        let (path, file) = self
+            .transitions_fdinfo
+            .as_ref()
+            .context("the tracepoint program is not loaded")?;
+        let fdinfo =
+            read_from_start(file).with_context(|| format!("reading {}", path.display()))?;
         recursion_misses(&fdinfo).with_context(|| {
             format!(
                 "{} reports no recursion_misses: drainer needs Linux >= 5.12 to know whether \
                  its tracepoint missed a connection",
-                self.transitions_fdinfo.display()
+                path.display()
             )
         })
     }
@@ -452,5 +478,18 @@ mod tests {
         assert_eq!(&list[..4], &[8000, 443, 8064, 0]);
         // 8000 and 8064 share a bit (both ≡ 0 mod 64); 443 ≡ 59.
         assert_eq!(filter, 1 | 1 << 59);
+    }
+
+    #[test]
+    fn an_open_fdinfo_read_from_the_start_shows_the_current_text() {
+        let mut watched = File::open("/proc/self/exe").unwrap();
+        let fdinfo = File::open(format!("/proc/self/fdinfo/{}", watched.as_raw_fd())).unwrap();
+        assert!(read_from_start(&fdinfo).unwrap().starts_with("pos:\t0\n"));
+        std::io::Seek::seek(&mut watched, std::io::SeekFrom::Start(4096)).unwrap();
+        assert!(
+            read_from_start(&fdinfo)
+                .unwrap()
+                .starts_with("pos:\t4096\n")
+        );
     }
 }

@@ -25,7 +25,7 @@ use crate::{
     cli::DrainFlags,
     engine::{
         self, Action, Engine,
-        policy::{Drain, Trigger},
+        policy::{Drain, Phase, Trigger},
     },
     event_loop::{EventLoop, Input, watch},
     kernel::{Kernel, Netns, Target},
@@ -110,15 +110,66 @@ async fn supervise(
         .systemd()
         .ready(&format!("serving: {} live", engine.count()?.live));
 
+    let mut released = false;
+    let supervised = follow(
+        &mut event_loop,
+        &mut engine,
+        &child,
+        &mut forwarded,
+        &mut released,
+    )
+    .await;
+    if let Err(err) = &supervised {
+        release_on_failure(&engine, child.get_ref(), released, err);
+    }
+    supervised
+}
+
+/// Runs the loop until the child exits; returns drainer's exit code. `released` tells whether
+/// the server was sent its release.
+async fn follow(
+    event_loop: &mut EventLoop,
+    engine: &mut Engine,
+    child: &AsyncFd<Child>,
+    forwarded: &mut mpsc::UnboundedReceiver<Signal>,
+    released: &mut bool,
+) -> Result<i32> {
     loop {
-        let from_child = child_input(&child, &mut forwarded);
+        let from_child = child_input(child, forwarded);
         let actions = match event_loop.next(engine.next_wakeup(), from_child).await? {
             Input::Engine(input) => engine.on(input)?,
             Input::Mode(ChildInput::Forward(signal)) => vec![Action::Forward(signal)],
             Input::Mode(ChildInput::Exited(status)) => return Ok(exited(status)),
         };
         for action in actions {
-            carry_out(action, &engine, child.get_ref())?;
+            *released |= matches!(action, Action::Release { .. });
+            carry_out(action, engine, child.get_ref())?;
+        }
+    }
+}
+
+/// The loop cannot go on and drainer is about to exit. A drain under way releases the server
+/// now, and says so, rather than leave it waiting for a stop signal that would never come; so
+/// does one the policy released when the step that released it failed before signalling.
+fn release_on_failure(engine: &Engine, child: &Child, released: bool, err: &anyhow::Error) {
+    match engine.phase() {
+        Phase::Draining { trigger, .. } | Phase::Released { trigger, .. } if !released => {
+            let signal = match trigger {
+                Trigger::Signal(signal) => signal,
+                Trigger::Request => Signal::SIGTERM,
+            };
+            error!("drainer cannot go on ({err:#}): releasing the server now with {signal}");
+            if let Err(err) = child.signal(signal) {
+                error!("cannot signal the server: {err:#}");
+            }
+        }
+        Phase::Serving => error!(
+            "drainer cannot go on ({err:#}): no stop was asked for; the server (pid {}) runs on, \
+             unguarded",
+            child.pid()
+        ),
+        Phase::Draining { .. } | Phase::Released { .. } => {
+            error!("drainer cannot go on ({err:#}): the server was already released");
         }
     }
 }

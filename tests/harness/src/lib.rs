@@ -9,6 +9,7 @@
 //! | [`clients`] | the clients: addresses, connections, echo, live WebSocket sessions, HTTP (keep-alive, or a new connection per request) |
 //! | [`balancers`] | HAProxy and nginx in front of the servers |
 //! | [`netns`] | a throwaway network namespace per test; addresses and nftables rules in it |
+//! | [`pressure`] | a tight descriptor limit; idle connections held open by an unprivileged user |
 //! | [`process`] | child processes whose output is read line by line, stamped with the clock |
 //! | [`reporter`] | processes that report the signals they receive, one at a chosen pid if need be |
 //! | [`capabilities`] | commands limited to chosen capabilities; the sets a process holds |
@@ -25,6 +26,7 @@ pub mod clients;
 pub mod drainer;
 pub mod netns;
 pub mod old_kernel;
+pub mod pressure;
 pub mod process;
 pub mod reporter;
 pub mod servers;
