@@ -1,7 +1,7 @@
 //! The optional HTTP listener (`--http ADDR`): `/readyz`, `/metrics`, and `/drain`, which starts
 //! a drain and answers only at release, so a Kubernetes preStop `httpGet` holds the app's SIGTERM
 //! back until then. `/drain` needs `Authorization: Bearer <token>` (`--http-token-file`).
-use std::{cell::RefCell, rc::Rc, time::Duration};
+use std::{cell::RefCell, rc::Rc};
 
 use anyhow::Result;
 use drainer_common::{
