@@ -15,6 +15,7 @@ use drainer_harness::{
     drainer::{drainer_client, drainer_daemon, status_json},
     drainer_bin,
     netns::TestNetns,
+    patience,
     process::Process,
     python, require_root, script,
     servers::{echo_server, live_app, signal_server},
@@ -34,7 +35,7 @@ fn socket_arg(dir: &TempDir) -> String {
 }
 
 fn wait_for_state(socket: &str, state: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + patience(Duration::from_secs(10));
     loop {
         let status = status_json(socket.as_ref());
         if status["state"] == state {
@@ -335,7 +336,7 @@ fn malformed_control_requests_each_get_an_error_reply_and_the_daemon_keeps_servi
     for request in &requests {
         let mut stream = UnixStream::connect(&socket).unwrap();
         stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
+            .set_read_timeout(Some(patience(Duration::from_secs(10))))
             .unwrap();
         let _ = stream.write_all(request);
         let _ = stream.shutdown(Shutdown::Write);
@@ -471,7 +472,7 @@ fn release_signals_the_pidfile_process_and_every_process_of_the_cgroup() {
     }
     drop(workers);
     // Killed processes leave the cgroup once reaped; then it can go.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + patience(Duration::from_secs(5));
     while std::fs::remove_dir(&cgroup).is_err() && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
     }
@@ -494,7 +495,7 @@ fn cgroup2_root() -> PathBuf {
 fn raw_http(netns: &TestNetns, request: &[u8]) -> Option<u16> {
     let mut stream = netns.connect(http_addr()).unwrap();
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(patience(Duration::from_secs(10))))
         .unwrap();
     let _ = stream.write_all(request);
     let _ = stream.shutdown(Shutdown::Write);
@@ -578,7 +579,7 @@ fn malformed_http_requests_each_get_a_clear_status_and_the_daemon_keeps_serving(
     let started = Instant::now();
     let (code, body) = http_request(netns.connect(http_addr()).unwrap(), "GET", "/readyz", &[]);
     assert_eq!((code, body.as_str()), (200, "serving\n"));
-    slow.set_read_timeout(Some(Duration::from_secs(15)))
+    slow.set_read_timeout(Some(patience(Duration::from_secs(15))))
         .unwrap();
     let mut answer = String::new();
     for _ in 0..3 {
@@ -591,7 +592,7 @@ fn malformed_http_requests_each_get_a_clear_status_and_the_daemon_keeps_serving(
     let read = slow.read(&mut first).unwrap_or(0);
     answer.push_str(&String::from_utf8_lossy(&first[..read]));
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(started.elapsed() < patience(Duration::from_secs(10)));
 
     // None of it started a drain.
     assert_eq!(status_json(socket.as_ref())["state"], "serving");

@@ -9,6 +9,7 @@ use drainer_harness::{
     drainer::{drainer_command, drainer_daemon, start_drain, status_json, wait_for_status},
     drainer_bin,
     netns::TestNetns,
+    patience,
     process::Process,
     python, require_root, script,
     servers::{echo_server_command, live_app},
@@ -130,7 +131,9 @@ fn a_drain_longer_than_one_extension_is_extended_again_before_it_runs_out() {
     // Each extension, with when it arrived; a bound on the wait far past the window, only for a
     // drainer that never renews.
     notify
-        .set_read_timeout(Some(Duration::from_micros(3 * MAX_EXTENSION_USEC)))
+        .set_read_timeout(Some(patience(Duration::from_micros(
+            3 * MAX_EXTENSION_USEC,
+        ))))
         .unwrap();
     let mut extensions = Vec::new();
     let mut buffer = [0u8; 4096];

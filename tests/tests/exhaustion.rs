@@ -15,6 +15,7 @@ use drainer_harness::{
     drainer::{drainer_client_process, drainer_command, status_json, wait_for_status},
     drainer_bin,
     netns::TestNetns,
+    patience,
     pressure::{as_nobody, idle_flood, limit_descriptors},
     process::Process,
     require_root,
@@ -49,7 +50,7 @@ fn status_of(socket: &Path, daemon: &Process) -> serde_json::Value {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + patience(Duration::from_secs(30));
     while status.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
             let _ = status.kill();

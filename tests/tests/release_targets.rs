@@ -18,6 +18,7 @@ use drainer_harness::{
     drainer::{drainer_client, drainer_command, drainer_daemon},
     drainer_bin,
     netns::TestNetns,
+    patience,
     process::{Line, Process},
     python,
     reporter::Reporter,
@@ -350,7 +351,7 @@ fn a_cgroup_target_signals_every_live_process_of_the_cgroup_and_its_descendants(
     for (_, member) in &members {
         member.wait_for_signal(Signal::SIGUSR1, Duration::from_secs(10));
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + patience(Duration::from_secs(30));
     for sleeper in &mut sleepers {
         let status = loop {
             if let Some(status) = sleeper.try_wait().unwrap() {

@@ -18,6 +18,7 @@ use drainer_harness::{
     clients::{live_clients, live_session_results, loopback},
     drainer::{drainer_run, live_field, start_drain},
     netns::TestNetns,
+    patience,
     process::Process,
     require_root,
     servers::live_app_command,
@@ -66,7 +67,7 @@ fn knock_until(netns: &TestNetns, stop: &AtomicBool) -> Knocks {
         let interval = Duration::from_secs(1) / KNOCKS_PER_SECOND;
         let mut next = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            match TcpStream::connect_timeout(&loopback(PORT), Duration::from_secs(1)) {
+            match TcpStream::connect_timeout(&loopback(PORT), patience(Duration::from_secs(1))) {
                 Ok(_) => knocks.accepted += 1,
                 Err(err) if err.kind() == ErrorKind::ConnectionRefused => knocks.refused += 1,
                 Err(err) => knocks.other_errors.push(err.to_string()),

@@ -12,7 +12,7 @@ use drainer::kernel::{Kernel, Netns, SocketTable, Target};
 use drainer_harness::{
     clients::{connect_many, echo, loopback},
     netns::TestNetns,
-    require_root,
+    patience, require_root,
     servers::echo_server,
 };
 
@@ -45,7 +45,7 @@ fn live(programs: &Kernel) -> i64 {
 /// round trip), then checks it stays there, that nothing went untracked, and that sock_diag
 /// lists as many live sockets on the port.
 fn assert_count(netns: &TestNetns, programs: &Kernel, expected: i64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + patience(Duration::from_secs(10));
     while live(programs) != expected && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(5));
     }

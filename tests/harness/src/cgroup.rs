@@ -45,7 +45,7 @@ impl Drop for TestCgroup {
         // Whatever is left in it is the test's: kill it, then remove the directory once the
         // processes have left (a killed process leaves when its parent reaps it).
         let _ = fs::write(self.0.join("cgroup.kill"), "1");
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + crate::patience(Duration::from_secs(10));
         while fs::remove_dir(&self.0).is_err() && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(20));
         }

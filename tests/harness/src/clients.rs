@@ -28,7 +28,7 @@ pub fn connect_many(netns: &TestNetns, addr: SocketAddr, n: usize) -> Vec<TcpStr
 
 /// Writes `payload` and reads the echo back.
 pub fn echo(stream: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_read_timeout(Some(crate::patience(Duration::from_secs(5))))?;
     stream.write_all(payload)?;
     let mut back = vec![0; payload.len()];
     stream.read_exact(&mut back)?;
@@ -170,8 +170,8 @@ pub fn keepalive_report(clients: &mut Process) -> serde_json::Value {
 /// `GET path` on a connection of its own to `addr`, read to the end of the body (by its
 /// Content-Length), then closed by the client; returns the status code.
 pub fn http_get_on_new_connection(addr: SocketAddr, path: &str) -> io::Result<u16> {
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let stream = TcpStream::connect_timeout(&addr, crate::patience(Duration::from_secs(2)))?;
+    stream.set_read_timeout(Some(crate::patience(Duration::from_secs(5))))?;
     (&stream).write_all(format!("GET {path} HTTP/1.1\r\nHost: drainer\r\n\r\n").as_bytes())?;
     let mut reader = BufReader::new(&stream);
     let mut status_line = String::new();

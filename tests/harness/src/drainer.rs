@@ -66,6 +66,7 @@ pub fn wait_for_status(
     wanted: impl Fn(&serde_json::Value) -> bool,
     timeout: Duration,
 ) -> serde_json::Value {
+    let timeout = crate::patience(timeout);
     let deadline = Instant::now() + timeout;
     loop {
         let status = status_json(socket);

@@ -15,6 +15,7 @@
 //! | [`capabilities`] | commands limited to chosen capabilities; the sets a process holds |
 //! | [`cgroup`] | a throwaway cgroup v2 directory per test |
 //! | [`old_kernel`] | a seccomp trap that makes bpf(2) answer as an older kernel would |
+//! | [`patience`] | how long a wait may last in this environment: every timeout, stretched by one factor |
 //! | [`tempdir`] | a private directory per test |
 //!
 //! The tests need root (they load eBPF programs and create namespaces). Without it they fail with
@@ -26,11 +27,14 @@ pub mod clients;
 pub mod drainer;
 pub mod netns;
 pub mod old_kernel;
+pub mod patience;
 pub mod pressure;
 pub mod process;
 pub mod reporter;
 pub mod servers;
 pub mod tempdir;
+
+pub use patience::patience;
 
 use std::{
     env,

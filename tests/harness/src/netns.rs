@@ -97,6 +97,7 @@ impl TestNetns {
 
     /// Returns once something accepts connections on `addr`, failing after `timeout`.
     pub fn wait_until_listening(&self, addr: SocketAddr, timeout: Duration) {
+        let timeout = crate::patience(timeout);
         let deadline = Instant::now() + timeout;
         while let Err(err) = self.connect(addr) {
             assert!(

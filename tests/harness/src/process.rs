@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::patience;
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -67,13 +68,15 @@ impl Process {
             .unwrap_or_else(|err| panic!("signal {} with {signal}: {err}", self.name));
     }
 
-    /// Waits until a line contains `needle`; returns it.
+    /// Waits until a line contains `needle`; returns it. Every timeout here is stretched by
+    /// [`patience`].
     pub fn wait_for(&self, needle: &str, timeout: Duration) -> Line {
         self.wait_for_match(|line| line.contains(needle), timeout)
             .unwrap_or_else(|| {
                 panic!(
-                    "{} printed no line containing {needle:?} within {timeout:?}; output:\n{}",
+                    "{} printed no line containing {needle:?} within {:?}; output:\n{}",
                     self.name,
+                    patience(timeout),
                     self.output()
                 )
             })
@@ -84,7 +87,7 @@ impl Process {
         matches: impl Fn(&str) -> bool,
         timeout: Duration,
     ) -> Option<Line> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + patience(timeout);
         let mut lines = self.lines.lines.lock().unwrap();
         loop {
             if let Some(line) = lines.iter().find(|line| matches(&line.text)) {
@@ -109,6 +112,7 @@ impl Process {
 
     /// Waits for exit; panics (after killing it) if it takes longer than `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let timeout = patience(timeout);
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -136,7 +140,7 @@ impl Process {
             return;
         }
         let _ = kill(self.pid(), Signal::SIGTERM);
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + patience(timeout);
         while Instant::now() < deadline {
             if !matches!(self.child.try_wait(), Ok(None)) {
                 return;

@@ -141,7 +141,7 @@ impl Reporter {
             .filter(|name| *name == "SIGWINCH")
             .count();
         kill(self.pid, Signal::SIGWINCH).expect("signal the reporter");
-        let deadline = Instant::now() + START_TIMEOUT;
+        let deadline = Instant::now() + crate::patience(START_TIMEOUT);
         loop {
             let received = self.received();
             if received.iter().filter(|name| *name == "SIGWINCH").count() > before {
@@ -189,6 +189,7 @@ impl Reporter {
     }
 
     fn wait_for_line(&self, needle: &str, timeout: Duration) {
+        let timeout = crate::patience(timeout);
         let deadline = Instant::now() + timeout;
         while !self.output().lines().any(|line| line.starts_with(needle)) {
             assert!(

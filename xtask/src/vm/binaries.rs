@@ -2,7 +2,7 @@
 //! `cargo xtask test` gives them, as seen from inside the VM.
 use std::{
     path::{Path, PathBuf},
-    process::Stdio,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -17,10 +17,14 @@ pub(super) struct TestBinary {
     pub(super) name: String,
     pub(super) dir: PathBuf,
     pub(super) executable: PathBuf,
+    /// The tests it holds that the run's filter selects, so that the report can name those that
+    /// never finished.
+    pub(super) tests: Vec<String>,
 }
 
-/// Builds the tests of the crates that touch the kernel; returns their executables.
-pub(super) fn build() -> Result<Vec<TestBinary>> {
+/// Builds the tests of the crates that touch the kernel; returns their executables, each with
+/// the tests in it that `filter` selects.
+pub(super) fn build(filter: Option<&str>) -> Result<Vec<TestBinary>> {
     let messages = output(
         cargo()
             .args([
@@ -52,12 +56,14 @@ pub(super) fn build() -> Result<Vec<TestBinary>> {
             Some(TargetKind::Test) | None => target.name,
             Some(kind) => format!("{}-{kind}", target.name),
         };
+        let executable = executable.into_std_path_buf();
         tests.push(TestBinary {
             name,
             dir: manifest_path
                 .parent()
                 .map_or_else(|| PathBuf::from("/"), |dir| dir.as_std_path().to_owned()),
-            executable: executable.into_std_path_buf(),
+            tests: list(&executable, filter)?,
+            executable,
         });
     }
     if tests.is_empty() {
@@ -65,6 +71,19 @@ pub(super) fn build() -> Result<Vec<TestBinary>> {
     }
     tests.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(tests)
+}
+
+/// The names of the tests in `executable` that `filter` selects, as libtest lists them.
+fn list(executable: &Path, filter: Option<&str>) -> Result<Vec<String>> {
+    let mut command = Command::new(executable);
+    command.args(["--list", "--format", "terse"]);
+    command.args(filter);
+    let listing = output(&mut command)?;
+    Ok(listing
+        .lines()
+        .filter_map(|line| line.strip_suffix(": test"))
+        .map(str::to_owned)
+        .collect())
 }
 
 /// The environment `cargo xtask test` gives the test binaries, as seen from inside the VM.

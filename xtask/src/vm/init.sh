@@ -7,8 +7,8 @@
 # binary's output and exit status go to the writable `results` share; `done` there tells the host
 # that every binary ran. Without it the host reports the VM as broken, quoting the console.
 #
-# /vm/plan.sh, written by the host for this run, sets boot_modules, modules_dir and the open files
-# limits, and defines in_host_root and run_tests.
+# /vm/plan.sh, written by the host for this run, sets boot_modules, modules_dir, the open files
+# limits, reference_host_cs and binary_budget_s, and defines in_host_root, reference and run_tests.
 
 # The archive holds no /dev/console node (creating one would take root on the host), so the
 # kernel started this script with nowhere to write: mount devtmpfs and open the console first.
@@ -64,14 +64,49 @@ ulimit -H -n "$open_files_hard" && ulimit -S -n "$open_files_soft" ||
 uname -r -v >/results/kernel
 say "booted $(uname -r -v)"
 
+# /proc/uptime's "seconds.hundredths" as hundredths. The 1 in front keeps a fraction such as 08
+# from being read as octal.
+centiseconds() {
+    echo $((${1%.*} * 100 + 1${1#*.} - 100))
+}
+now_cs() {
+    read -r up _ </proc/uptime
+    centiseconds "$up"
+}
+
+# The factor every wait of the tests is stretched by (see xtask/src/vm/patience.rs): twice how much
+# slower the reference runs here than on the host, the best of three runs each.
+patience=1
+best=
+for _ in 1 2 3; do
+    start=$(now_cs)
+    reference >/dev/null 2>&1 || give_up "the reference (the test virtualenv's Python) failed"
+    took=$(($(now_cs) - start))
+    if [ -z "$best" ] || [ "$took" -lt "$best" ]; then best=$took; fi
+done
+patience=$(((2 * best + reference_host_cs - 1) / reference_host_cs))
+[ "$patience" -ge 1 ] || patience=1
+echo "$best $reference_host_cs $patience" >/results/patience
+say "patience $patience: the reference took ${best}0 ms here, ${reference_host_cs}0 ms on the host"
+binary_limit=$((patience * binary_budget_s))
+
+# Each line of a binary's output is stamped with the seconds since it started, so that the report
+# can say when each test finished; a binary still running after binary_limit seconds is taken as
+# hung and killed with its process group (coreutils' timeout, in the host's root), and the next
+# one runs.
 run_test() { # name, directory, executable, arguments...
     name=$1 dir=$2
     shift 2
     say "running $name"
+    started=$(now_cs)
     {
-        in_host_root /bin/sh -c 'cd "$1" && shift && exec "$@"' sh "$dir" "$@" 2>&1
+        in_host_root /bin/sh -c 'cd "$1" && shift && exec timeout -s KILL "$@"' \
+            sh "$dir" "$binary_limit" "$@" 2>&1
         echo $? >"/results/$name.status"
-    } | tee "/results/$name.log"
+    } | while IFS= read -r line; do
+        t=$(($(now_cs) - started))
+        printf '+%d.%02d %s\n' $((t / 100)) $((t % 100)) "$line"
+    done | tee "/results/$name.log"
 }
 
 run_tests

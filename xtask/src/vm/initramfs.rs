@@ -15,6 +15,7 @@ use super::{
     BUSYBOX,
     binaries::TestBinary,
     image::{Image, modules_to_load},
+    patience::{BINARY_BUDGET, REFERENCE_IMPORTS, Reference},
     utf8,
 };
 
@@ -27,6 +28,7 @@ pub(super) struct Plan<'a> {
     pub(super) tests: &'a [TestBinary],
     pub(super) filter: Option<&'a str>,
     pub(super) env: &'a [(&'static str, String)],
+    pub(super) reference: &'a Reference,
 }
 
 impl Plan<'_> {
@@ -46,11 +48,26 @@ impl Plan<'_> {
             quote(&soft),
             quote(&hard)
         )?;
+        // init.sh sets $patience once it has timed the reference.
         script.push_str("in_host_root() {\n    /bin/busybox env -i");
         for (name, value) in self.env {
             write!(script, " {}", quote(&format!("{name}={value}")))?;
         }
-        script.push_str(" /bin/busybox chroot /newroot \"$@\"\n}\n");
+        script.push_str(
+            " \"DRAINER_TEST_PATIENCE=$patience\" /bin/busybox chroot /newroot \"$@\"\n}\n",
+        );
+        writeln!(
+            script,
+            "reference_host_cs={}",
+            (self.reference.host.as_millis() / 10).max(1)
+        )?;
+        writeln!(
+            script,
+            "reference() {{\n    in_host_root {} -c {}\n}}",
+            quote(utf8(&self.reference.python)?),
+            quote(REFERENCE_IMPORTS)
+        )?;
+        writeln!(script, "binary_budget_s={}", BINARY_BUDGET.as_secs())?;
         script.push_str("run_tests() {\n");
         for test in self.tests {
             write!(

@@ -8,6 +8,7 @@
 //! - [`image`]: a kernel package downloaded and unpacked once, into
 //!   `~/.cache/drainer/kernels/<version>/`, its modules indexed;
 //! - [`binaries`]: the test executables built here, and the environment they run in;
+//! - [`patience`]: how much longer the tests may wait in the guest, measured;
 //! - [`initramfs`]: busybox, `init.sh` as /init, the modules it loads and the plan of the run;
 //! - [`qemu`]: the boot, the console watched, the run stopped if it hangs;
 //! - [`report`]: each binary's result read back, the summary and the verdict.
@@ -20,6 +21,7 @@ mod binaries;
 mod image;
 mod initramfs;
 mod kernels;
+mod patience;
 mod qemu;
 mod report;
 
@@ -52,12 +54,13 @@ pub fn vm_test(options: &Options) -> Result<()> {
     // Under emulation a debug drainer takes about 4 s to attach (parsing the kernel's BTF, twice),
     // longer than some tests give it; the release build, the one deployed, takes about 1 s.
     let drainer = crate::build(true)?;
-    let tests = binaries::build()?;
+    let tests = binaries::build(options.filter.as_deref())?;
     let images = kernels
         .iter()
         .map(image::fetch)
         .collect::<Result<Vec<_>>>()?;
     let env = binaries::env(&drainer, &python)?;
+    let reference = patience::measure(&python)?;
 
     let logs = cmd::target_dir()?.join("vm-test");
     let mut reports = Vec::new();
@@ -68,6 +71,7 @@ pub fn vm_test(options: &Options) -> Result<()> {
             tests: &tests,
             filter: options.filter.as_deref(),
             env: &env,
+            reference: &reference,
         };
         let started = Instant::now();
         let outcome = qemu::boot_and_test(&plan, &work, options.timeout)

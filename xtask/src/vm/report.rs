@@ -24,7 +24,9 @@ pub(super) enum Outcome {
 impl Outcome {
     pub(super) fn passed(&self) -> bool {
         match self {
-            Outcome::Ran(results) => results.iter().all(|result| result.status == Some(0)),
+            Outcome::Ran(results) => results
+                .iter()
+                .all(|result| result.status == Some(0) && result.unfinished.is_empty()),
             Outcome::Broken { .. } => false,
         }
     }
@@ -35,8 +37,30 @@ pub(super) struct TestResult {
     name: String,
     /// None when the binary did not finish.
     status: Option<i32>,
-    passed: usize,
-    failed: Vec<String>,
+    /// Each test that finished, with the seconds since the binary started, in finishing order.
+    finished: Vec<Finished>,
+    /// The tests listed for the run that never reported a result: those running when the binary
+    /// hung, crashed or was stopped.
+    unfinished: Vec<String>,
+    /// The binary's last output, in seconds since it started.
+    seconds: f64,
+}
+
+struct Finished {
+    test: String,
+    passed: bool,
+    at: f64,
+}
+
+impl TestResult {
+    fn passed(&self) -> usize {
+        self.finished.iter().filter(|test| test.passed).count()
+    }
+
+    fn failed(&self) -> Vec<&str> {
+        let failed = self.finished.iter().filter(|test| !test.passed);
+        failed.map(|test| test.test.as_str()).collect()
+    }
 }
 
 /// Prints each kernel's report; fails, naming the kernels, if any run did not pass.
@@ -64,33 +88,55 @@ pub(super) fn summarize(reports: &[Report], logs: &Path) -> Result<()> {
 pub(super) fn read_results(results: &Path, tests: &[TestBinary]) -> Vec<TestResult> {
     tests
         .iter()
-        .filter_map(|test| read_result(results, &test.name))
+        .filter_map(|test| read_result(results, test))
         .collect()
 }
 
-/// The result of the test binary `name`, if it started.
-fn read_result(results: &Path, name: &str) -> Option<TestResult> {
-    let log = fs::read_to_string(results.join(format!("{name}.log"))).ok()?;
-    let status = fs::read_to_string(results.join(format!("{name}.status")))
+/// The result of `binary`, if it started. Each line of its log is stamped `+SECONDS `.
+fn read_result(results: &Path, binary: &TestBinary) -> Option<TestResult> {
+    let log = fs::read_to_string(results.join(format!("{}.log", binary.name))).ok()?;
+    let status = fs::read_to_string(results.join(format!("{}.status", binary.name)))
         .ok()
         .and_then(|status| status.trim().parse().ok());
-    let mut passed = 0;
-    let mut failed = Vec::new();
+    let mut finished = Vec::new();
+    let mut seconds = 0.0;
     for line in log.lines() {
-        let Some(test) = line.strip_prefix("test ") else {
+        let Some((at, text)) = line
+            .strip_prefix('+')
+            .and_then(|line| line.split_once(' '))
+            .and_then(|(at, text)| Some((at.parse::<f64>().ok()?, text)))
+        else {
             continue;
         };
-        if test.ends_with(" ... ok") {
-            passed += 1;
+        seconds = at;
+        let Some(test) = text.strip_prefix("test ") else {
+            continue;
+        };
+        let (test, passed) = if let Some(test) = test.strip_suffix(" ... ok") {
+            (test, true)
         } else if let Some(test) = test.strip_suffix(" ... FAILED") {
-            failed.push(test.to_owned());
-        }
+            (test, false)
+        } else {
+            continue;
+        };
+        finished.push(Finished {
+            test: test.to_owned(),
+            passed,
+            at,
+        });
     }
+    let unfinished = binary
+        .tests
+        .iter()
+        .filter(|test| !finished.iter().any(|done| &done.test == *test))
+        .cloned()
+        .collect();
     Some(TestResult {
-        name: name.to_owned(),
+        name: binary.name.clone(),
         status,
-        passed,
-        failed,
+        finished,
+        unfinished,
+        seconds,
     })
 }
 
@@ -119,30 +165,50 @@ impl std::fmt::Display for Report<'_> {
             self.wall.as_secs() % 60,
             self.work.display()
         )?;
+        // Written by init.sh: the reference's best time there and here, in hundredths, and the
+        // factor the tests' waits were stretched by.
+        let patience = fs::read_to_string(self.work.join("results/patience")).unwrap_or_default();
+        if let [guest, host, factor] = patience.split_whitespace().collect::<Vec<_>>()[..] {
+            writeln!(
+                f,
+                "    waits stretched {factor}×: the reference Python start took {guest}0 ms there, \
+                 {host}0 ms here"
+            )?;
+        }
         let results = match &self.outcome {
             Outcome::Ran(results) => results,
             Outcome::Broken { results, .. } => results,
         };
-        for result in results {
+        // A binary the filter left nothing to run in is not worth a line.
+        let ran = results
+            .iter()
+            .filter(|result| !(result.status == Some(0) && result.finished.is_empty()));
+        for result in ran {
             let state = match result.status {
                 Some(0) => "ok".to_owned(),
+                // coreutils' timeout, with SIGKILL: the guest's limit for one binary.
+                Some(124 | 137) => "KILLED at its time limit".to_owned(),
                 Some(code) => format!("FAILED (exit {code})"),
                 None => "did not finish".to_owned(),
             };
             write!(
                 f,
-                "    {:<24} {state}: {} passed",
-                result.name, result.passed
+                "    {:<24} {state} in {:.0} s: {} passed",
+                result.name,
+                result.seconds,
+                result.passed()
             )?;
-            if !result.failed.is_empty() {
-                write!(
-                    f,
-                    ", {} failed: {}",
-                    result.failed.len(),
-                    result.failed.join(", ")
-                )?;
+            let failed = result.failed();
+            if !failed.is_empty() {
+                write!(f, ", {} failed: {}", failed.len(), failed.join(", "))?;
             }
             writeln!(f)?;
+            if !result.unfinished.is_empty() {
+                writeln!(f, "      never finished: {}", result.unfinished.join(", "))?;
+            }
+            if let Some(last) = result.finished.last() {
+                writeln!(f, "      last to finish: {} at {:.0} s", last.test, last.at)?;
+            }
         }
         if let Outcome::Broken { problem, .. } = &self.outcome {
             writeln!(f, "    {problem}")?;
