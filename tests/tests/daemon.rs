@@ -11,7 +11,9 @@ use std::{
 };
 
 use drainer_harness::{
-    clients::{connect_many, http_request, live_clients, live_session_results, loopback},
+    clients::{
+        connect_many, http_request, live_clients, live_session_results, loopback, session_lengths,
+    },
     drainer::{drainer_client, drainer_daemon, status_json},
     drainer_bin,
     netns::TestNetns,
@@ -66,11 +68,11 @@ fn pod_rehearsal_prestop_http_drain_then_sigterm_loses_no_session() {
     let mut uvicorn = live_app(&pod, 8000);
 
     // Live sessions exist before the sidecar starts.
-    let lengths: Vec<String> = (0..20)
-        .map(|i| format!("{:.2}", 2.0 + 2.0 * f64::from(i) / 19.0))
-        .collect();
+    let lengths = session_lengths(20, Duration::from_secs(2), Duration::from_secs(4));
     let mut clients = live_clients(&pod, 8000, &lengths, Duration::from_secs(30));
 
+    // Longer than the longest session, wherever the tests run.
+    let drain_timeout = format!("{}s", patience(Duration::from_secs(60)).as_secs());
     // The sidecar attaches from outside, through the pod's namespace file.
     let mut daemon = drainer_daemon(
         &node,
@@ -86,7 +88,7 @@ fn pod_rehearsal_prestop_http_drain_then_sigterm_loses_no_session() {
             "--control-socket",
             &socket,
             "--drain-timeout",
-            "60s",
+            &drain_timeout,
         ],
     );
     let status = status_json(socket.as_ref());

@@ -5,7 +5,7 @@ use std::{os::unix::net::UnixDatagram, path::PathBuf, process::Command, time::Du
 use nix::sys::signal::Signal;
 
 use drainer_harness::{
-    clients::{http_request, live_clients, live_session_results, loopback},
+    clients::{http_request, live_clients, live_session_results, loopback, session_lengths},
     drainer::{drainer_command, drainer_daemon, start_drain, status_json, wait_for_status},
     drainer_bin,
     netns::TestNetns,
@@ -216,11 +216,11 @@ fn pod_rehearsal_prestop_exec_as_the_app_user_drains_through_the_shared_socket()
     let socket = dir.path().join("drainer.sock");
     let socket = socket.to_str().unwrap();
     let mut uvicorn = live_app(&pod, 8000);
-    let lengths: Vec<String> = (0..10)
-        .map(|i| format!("{:.2}", 2.0 + 2.0 * f64::from(i) / 9.0))
-        .collect();
+    let lengths = session_lengths(10, Duration::from_secs(2), Duration::from_secs(4));
     let mut clients = live_clients(&pod, 8000, &lengths, Duration::from_secs(30));
 
+    // Longer than the longest session, wherever the tests run.
+    let drain_timeout = format!("{}s", patience(Duration::from_secs(60)).as_secs());
     let mut daemon = drainer_daemon(
         &node,
         &[
@@ -235,7 +235,7 @@ fn pod_rehearsal_prestop_exec_as_the_app_user_drains_through_the_shared_socket()
             "--allow-uid",
             APP_UID,
             "--drain-timeout",
-            "60s",
+            &drain_timeout,
         ],
     );
     // The daemon's own namespace holds its HTTP listener (in a real pod, the pod's).

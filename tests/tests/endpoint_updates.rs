@@ -17,6 +17,7 @@ use drainer_harness::{
     clients::{NewConnectionRequests, get_on_new_connections_until},
     drainer::{drainer_run, start_drain, start_drain_accepting},
     netns::TestNetns,
+    patience,
     process::monotonic_now,
     require_root,
     servers::{live_app, live_app_command},
@@ -30,8 +31,9 @@ const VIP_TEXT: &str = "10.96.0.10";
 const RATE: u32 = 150;
 /// From the drain's start to the endpoint update.
 const UPDATE_AFTER_SECONDS: f64 = 1.5;
-/// A's accept window, longer than the update takes.
-const ACCEPT_FOR_SECONDS: f64 = 2.0;
+/// A's accept window, longer than the update takes here; stretched by the environment's
+/// [`patience`], as an emulated machine is slower to apply the update.
+const ACCEPT_FOR: Duration = Duration::from_secs(2);
 
 /// The service's table: VIP:80 DNATed to a random one of `backends`.
 fn service_table(backends: &[u16]) -> String {
@@ -64,13 +66,16 @@ add rule ip service output ip daddr {VIP_TEXT} tcp dport 80 dnat ip to 127.0.0.1
 
 /// One deploy of A with `accept_for` (none: refuse at once); what the client's requests met from
 /// a second before the drain until a second after A exited.
-fn requests_across_an_endpoint_update(accept_for: Option<&str>) -> NewConnectionRequests {
+fn requests_across_an_endpoint_update(accept_for: Option<Duration>) -> NewConnectionRequests {
     let netns = TestNetns::create();
     netns.add_loopback_address(&format!("{VIP_TEXT}/32"));
     netns.nft(&service_table(&[A, B]));
     let mut options = vec!["--port".to_owned(), A.to_string()];
     if let Some(window) = accept_for {
-        options.extend(["--accept-for".to_owned(), window.to_owned()]);
+        options.extend([
+            "--accept-for".to_owned(),
+            format!("{}ms", window.as_millis()),
+        ]);
     }
     let options: Vec<&str> = options.iter().map(String::as_str).collect();
     let mut drainer = drainer_run(&netns, &options, &live_app_command(A));
@@ -104,14 +109,14 @@ fn requests_across_an_endpoint_update(accept_for: Option<&str>) -> NewConnection
         let requests = client.join().expect("the client thread panicked");
         // uvicorn re-raises SIGTERM after a clean shutdown: 128 + 15.
         assert_eq!(status.code(), Some(143), "{}", drainer.output());
-        if accept_for.is_some() {
+        if let Some(window) = accept_for {
             assert!(
-                updated < ACCEPT_FOR_SECONDS,
+                updated < window.as_secs_f64(),
                 "the endpoint update took until {updated:.2}s into the drain, after the accept \
                  window: this run shows nothing about it"
             );
-            let window = drainer.wait_for("accept window over", Duration::from_secs(1));
-            eprintln!("with --accept-for {ACCEPT_FOR_SECONDS}s: {}", window.text);
+            let over = drainer.wait_for("accept window over", Duration::from_secs(1));
+            eprintln!("with --accept-for {window:?}: {}", over.text);
         }
         eprintln!(
             "endpoint update landed {updated:.2}s into the drain; {} requests answered, {} failed",
@@ -131,18 +136,18 @@ fn requests_across_an_endpoint_update(accept_for: Option<&str>) -> NewConnection
 fn an_accept_window_outlasting_the_endpoint_update_fails_no_request_and_refusing_at_once_fails_some()
  {
     require_root();
-    let window = format!("{ACCEPT_FOR_SECONDS}s");
-    let with_window = requests_across_an_endpoint_update(Some(&window));
+    let window = patience(ACCEPT_FOR);
+    let with_window = requests_across_an_endpoint_update(Some(window));
     let at_once = requests_across_an_endpoint_update(None);
     eprintln!(
-        "failed requests across the endpoint update: {} with --accept-for {window}, {} refusing \
+        "failed requests across the endpoint update: {} with --accept-for {window:?}, {} refusing \
          at once",
         with_window.failures.len(),
         at_once.failures.len()
     );
     assert!(
         with_window.failures.is_empty(),
-        "requests failed with --accept-for {window}: {:?}",
+        "requests failed with --accept-for {window:?}: {:?}",
         with_window.failures
     );
     assert!(

@@ -36,6 +36,17 @@ pub fn echo(stream: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// `count` session lengths for [`live_clients`], spread evenly from `shortest` to `longest` and
+/// stretched by [`crate::patience`]: for sessions that must outlast what comes before the drain,
+/// such as a sidecar starting, which a slower environment makes slower.
+pub fn session_lengths(count: usize, shortest: Duration, longest: Duration) -> Vec<String> {
+    let (shortest, longest) = (crate::patience(shortest), crate::patience(longest));
+    let step = (longest - shortest).as_secs_f64() / count.saturating_sub(1).max(1) as f64;
+    (0..count)
+        .map(|i| format!("{:.2}", shortest.as_secs_f64() + step * i as f64))
+        .collect()
+}
+
 /// tests/python/live_clients.py in `netns`: one live WebSocket session to 127.0.0.1:`port` per
 /// entry of `lengths` (seconds), returned once every session is connected, failing after
 /// `timeout`. [`live_session_results`] reads how each ended.
