@@ -6,7 +6,7 @@
 //! commit gives the same package and image contents.
 use std::{
     env, fs,
-    io::{self, BufRead as _, BufReader},
+    io::{self, BufRead as _, BufReader, Write as _},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -45,14 +45,21 @@ const UNITS_BINARY: &str = "/usr/local/bin/drainer";
 
 const MAINTAINER: &str = "drainer maintainers <maintainers@users.noreply.b-seed-1d176e41.example>";
 
-/// The long description of the package, in control-file form (each line indented by one space).
-const LONG_DESCRIPTION: &str = " drainer sits between a server's stop signal and the server. On \
-SIGTERM it refuses new\n connections to the ports it guards with a reset (an eBPF sk_lookup \
-program), counts the\n established ones down as they close (a BTF tracepoint), and passes the \
-signal on once none is\n left or a deadline passes. `drainer run` starts the server itself; \
-`drainer daemon` guards\n one started elsewhere (a systemd companion, a Kubernetes sidecar). The \
-binary is static and\n embeds its eBPF programs; it needs Linux 5.15 or later and CAP_BPF, \
-CAP_NET_ADMIN and\n CAP_PERFMON.";
+/// The long description of the package, in lines of under 80 characters ("." is an empty one).
+const LONG_DESCRIPTION: &[&str] = &[
+    "drainer sits between a server's stop signal and the server. On SIGTERM it",
+    "refuses new connections to the ports it guards with a reset (an eBPF",
+    "sk_lookup program), counts the established ones down as they close (a BTF",
+    "tracepoint), and passes the signal on once none is left or a deadline",
+    "passes. `drainer run` starts the server itself; `drainer daemon` guards one",
+    "started elsewhere (a systemd companion, a Kubernetes sidecar).",
+    ".",
+    "The binary is static and embeds its eBPF programs. It needs Linux 5.15 or",
+    "later and CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON.",
+];
+
+/// lintian takes a static PIE executable for a shared library, which it is not.
+const LINTIAN_OVERRIDES: &str = "drainer: shared-library-lacks-prerequisites [usr/bin/drainer]\n";
 
 /// What `./x dist` wrote, each file checked.
 pub struct Artifacts {
@@ -319,6 +326,18 @@ fn build_deb(release: &Release, binary: &Path, work: &Path, deb: &Path) -> Resul
         &fs::read(repo.join("README.md"))?,
         0o644,
     )?;
+    put(
+        &root,
+        &docs.join("changelog.gz"),
+        &changelog(release)?,
+        0o644,
+    )?;
+    put(
+        &root,
+        Path::new("usr/share/lintian/overrides/drainer"),
+        LINTIAN_OVERRIDES.as_bytes(),
+        0o644,
+    )?;
     // In docs/, as in the repository, so that the README's links to them hold.
     for doc in files_in(&repo.join("docs"), "md")? {
         let name = doc.file_name().context("a doc without a name")?;
@@ -339,10 +358,11 @@ fn build_deb(release: &Release, binary: &Path, work: &Path, deb: &Path) -> Resul
          Installed-Size: {installed_kib}\n\
          Section: net\n\
          Priority: optional\n\
-         Description: {description}\n\
-         {LONG_DESCRIPTION}\n",
+         Description: {description}\n \
+         {long}\n",
         version = release.version,
         description = release.description,
+        long = LONG_DESCRIPTION.join("\n "),
     );
     put(
         &root,
@@ -356,6 +376,44 @@ fn build_deb(release: &Release, binary: &Path, work: &Path, deb: &Path) -> Resul
         .arg(&root)
         .arg(deb)
         .env("SOURCE_DATE_EPOCH", &release.epoch))
+}
+
+/// The changelog Debian policy asks of a package, one entry for this release, gzipped as policy
+/// says (with no file name or time in gzip's header, so the same commit gives the same file).
+fn changelog(release: &Release) -> Result<Vec<u8>> {
+    let date = output(
+        Command::new("date")
+            .args(["--utc", "--rfc-email", "--date"])
+            .arg(format!("@{}", release.epoch)),
+    )?;
+    let text = format!(
+        "drainer ({version}) unstable; urgency=medium\n\
+         \n\
+         \x20 * drainer {version}, built by `cargo xtask dist`\n\
+         \x20   from commit {revision}.\n\
+         \n\
+         \x20-- {MAINTAINER}  {date}\n",
+        version = release.version,
+        revision = release.revision,
+        date = date.trim(),
+    );
+    let mut gzip = Command::new("gzip");
+    gzip.args(["-9", "--no-name"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut child = gzip.spawn().context("cannot start gzip")?;
+    child
+        .stdin
+        .take()
+        .context("gzip's stdin was not piped")?
+        .write_all(text.as_bytes())?;
+    let compressed = child.wait_with_output()?;
+    ensure!(
+        compressed.status.success(),
+        "gzip failed: {}",
+        compressed.status
+    );
+    Ok(compressed.stdout)
 }
 
 /// The files of `dir` ending in `.extension`, sorted.
@@ -538,25 +596,42 @@ fn check(artifacts: &Artifacts, release: &Release, work: &Path) -> Result<()> {
             .arg("--contents")
             .arg(&artifacts.deb),
     )?;
-    let entry = |path: &str| {
-        contents
-            .lines()
-            .find(|line| line.ends_with(&format!(" ./{path}")))
-            .with_context(|| format!("{} holds no {path}", artifacts.deb.display()))
-    };
-    let binary = entry(PACKAGED_BINARY)?;
-    ensure!(
-        binary.starts_with("-rwxr-xr-x root/root "),
-        "{}: the binary must be root's, mode 0755: {binary}",
-        artifacts.deb.display()
-    );
+    // Every entry root's: the binary 0755, directories 0755, every other file 0644.
+    let mut paths = Vec::new();
+    for line in contents.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(mode), Some(owner), Some(path)) = (fields.next(), fields.next(), fields.last())
+        else {
+            bail!("dpkg-deb --contents printed an unexpected line: {line}");
+        };
+        let path = path.trim_start_matches("./");
+        let expected = if path == PACKAGED_BINARY {
+            "-rwxr-xr-x"
+        } else if mode.starts_with('d') {
+            "drwxr-xr-x"
+        } else {
+            "-rw-r--r--"
+        };
+        ensure!(
+            mode == expected && owner == "root/root",
+            "{}: {path} must be root's with mode {expected}: {line}",
+            artifacts.deb.display()
+        );
+        paths.push(path);
+    }
+    let mut needed = vec![
+        PACKAGED_BINARY.to_owned(),
+        "usr/share/doc/drainer/copyright".to_owned(),
+    ];
     for unit in files_in(&workspace_root().join("deploy/systemd"), "service")? {
         let name = unit.file_name().and_then(|name| name.to_str());
         let name = name.context("a unit whose name is not UTF-8")?;
-        let line = entry(&format!("usr/share/doc/drainer/examples/systemd/{name}"))?;
+        needed.push(format!("usr/share/doc/drainer/examples/systemd/{name}"));
+    }
+    for path in needed {
         ensure!(
-            line.starts_with("-rw-r--r-- root/root "),
-            "{}: {name} must be root's, mode 0644: {line}",
+            paths.contains(&path.as_str()),
+            "{} holds no {path}",
             artifacts.deb.display()
         );
     }
