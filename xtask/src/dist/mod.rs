@@ -16,17 +16,17 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use cargo_metadata::{Artifact, Message};
 use nix::{sys::signal, unistd::Pid};
 use serde_json::Value;
 
+mod static_binary;
+
 use crate::{
-    cmd::{self, cargo, output, run, workspace_root},
-    system, toolchain,
+    cmd::{self, output, run, workspace_root},
+    system,
 };
 
-/// The Rust target of the shipped binary, and its architecture as Debian and OCI name it.
-const TARGET: &str = "x86_64-unknown-linux-musl";
+/// The shipped binary's architecture, as Debian and OCI name it.
 const ARCH: &str = "amd64";
 
 /// The image's name; `podman load` and `skopeo copy` keep it, and deploy/kubernetes names it
@@ -98,7 +98,7 @@ pub fn dist() -> Result<Artifacts> {
     fs::create_dir_all(&work)?;
 
     let binary = out.join("drainer");
-    build_static(&binary)?;
+    static_binary::build(&work, &binary)?;
     smoke_test(&binary, &work)?;
     let deb = out.join(format!("drainer_{}_{ARCH}.deb", release.version));
     build_deb(&release, &binary, &work, &deb)?;
@@ -165,52 +165,6 @@ impl Release {
             epoch,
         })
     }
-}
-
-/// Builds drainer for musl, release, stripped, and copies it to `dest`.
-fn build_static(dest: &Path) -> Result<()> {
-    toolchain::ensure_ebpf_toolchain()?;
-    ensure_rust_target(TARGET)?;
-    // `cargo rustc` hands the strip flag to drainer's own link only: the dependencies, and the
-    // build scripts shared with the other release builds, stay as they are.
-    let messages = output(
-        cargo()
-            .args(["rustc", "--release", "--locked", "--package", "drainer"])
-            .args(["--bin", "drainer", "--target", TARGET])
-            .args(["--message-format=json-render-diagnostics"])
-            .args(["--", "-C", "strip=symbols"])
-            .stderr(Stdio::inherit()),
-    )?;
-    let mut built = None;
-    for message in Message::parse_stream(messages.as_bytes()) {
-        if let Message::CompilerArtifact(Artifact {
-            executable: Some(executable),
-            ..
-        }) = message.context("reading cargo's messages")?
-        {
-            built = Some(executable.into_std_path_buf());
-        }
-    }
-    let built = built.context("cargo rustc --bin drainer reported no executable")?;
-    fs::copy(&built, dest)
-        .with_context(|| format!("copying {} to {}", built.display(), dest.display()))?;
-    Ok(())
-}
-
-/// Adds the standard library for `target` to the toolchain cargo builds with (rust-toolchain.toml
-/// pins it) unless it is there.
-fn ensure_rust_target(target: &str) -> Result<()> {
-    let rustup = || {
-        let mut rustup = Command::new("rustup");
-        rustup.current_dir(workspace_root());
-        rustup
-    };
-    let installed = output(rustup().args(["target", "list", "--installed"]))
-        .context("rustup adds the musl target: install rustup (https://rustup.rs)")?;
-    if installed.lines().any(|line| line.trim() == target) {
-        return Ok(());
-    }
-    run(rustup().args(["target", "add", target]))
 }
 
 /// Checks that the static binary really runs, not only links: its help, then (as root) a daemon

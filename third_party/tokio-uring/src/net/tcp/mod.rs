@@ -1,5 +1,0 @@
-mod listener;
-pub use listener::TcpListener;
-
-mod stream;
-pub use stream::TcpStream;

@@ -1,5 +1,0 @@
-mod listener;
-pub use listener::UnixListener;
-
-mod stream;
-pub use stream::UnixStream;
