@@ -25,7 +25,7 @@ pub(super) const REFERENCE_IMPORTS: &str =
 
 /// How long one test binary may run on this machine before it is taken as hung; in the guest,
 /// stretched by the factor. The slowest binary takes about 25 s here.
-pub(super) const BINARY_BUDGET: Duration = Duration::from_secs(120);
+pub(super) const BINARY_BUDGET: Duration = Duration::from_secs(40);
 
 /// The reference, timed on this machine.
 pub(super) struct Reference {
