@@ -1,8 +1,10 @@
 """Checks deploy/kubernetes/deployment.yaml against what drainer needs as a sidecar; prints one
 line per problem and exits non-zero if there is any.
 
-Usage: check_sidecar_manifest.py MANIFEST"""
+Usage: check_sidecar_manifest.py MANIFEST DRAINER_CARGO_TOML"""
+import re
 import sys
+import tomllib
 
 import yaml
 
@@ -64,6 +66,25 @@ check("Authorization" not in text and not any(d.get("kind") == "Secret" for d in
 check(app.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz", "app readiness follows /readyz")
 grace = pod.get("terminationGracePeriodSeconds", 30)
 check(grace > drain_timeout, f"terminationGracePeriodSeconds {grace} must exceed the drain timeout {drain_timeout}")
+
+version = tomllib.load(open(sys.argv[2], "rb"))["package"]["version"]
+
+
+def repository_and_tag(image):
+    repository, _, tag = image.rpartition(":")
+    # A registry's port is not a tag: host:5000/drainer has none.
+    return (repository, tag) if repository and "/" not in tag else (image, "")
+
+
+for container in pod.get("initContainers", []) + apps:
+    image = container.get("image", "")
+    _, tag = repository_and_tag(image)
+    check("example" not in image and tag not in ("", "latest"), f"{container.get('name')}: a placeholder image {image!r}: name a versioned one")
+repository, tag = repository_and_tag(sidecar.get("image", ""))
+check(repository.rsplit("/", 1)[-1] == "drainer" and tag == version,
+      f"the sidecar runs the image `./x dist` builds, drainer:{version} (pushed to a registry or not): {sidecar.get('image')}")
+for source in re.findall(r"COPY --from=(\S+)", text):
+    check(source == sidecar.get("image"), f"the app copies the client from the sidecar's image {sidecar.get('image')}, not {source}")
 
 for problem in problems:
     print(problem)

@@ -276,6 +276,8 @@ fn the_kubernetes_sidecar_manifest_has_what_drainer_needs() {
     let output = Command::new(python())
         .arg(script("check_sidecar_manifest.py"))
         .arg(&manifest)
+        // The image's tag must be drainer's version, which `./x dist` tags it with.
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../drainer/Cargo.toml"))
         .output()
         .unwrap();
     assert!(

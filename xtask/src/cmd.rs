@@ -25,6 +25,15 @@ pub fn cargo() -> Command {
     cargo
 }
 
+/// `cargo metadata` of the workspace, run by the cargo that runs xtask.
+pub fn metadata() -> cargo_metadata::MetadataCommand {
+    let mut metadata = cargo_metadata::MetadataCommand::new();
+    metadata
+        .cargo_path(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(workspace_root());
+    metadata
+}
+
 /// The target directory and the build directory, as cargo reports them (so CARGO_TARGET_DIR,
 /// `build.target-dir` and `build.build-dir` are honoured).
 fn cargo_dirs() -> Result<&'static (PathBuf, PathBuf)> {
@@ -32,9 +41,7 @@ fn cargo_dirs() -> Result<&'static (PathBuf, PathBuf)> {
     if let Some(dirs) = DIRS.get() {
         return Ok(dirs);
     }
-    let metadata = cargo_metadata::MetadataCommand::new()
-        .cargo_path(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(workspace_root())
+    let metadata = metadata()
         .no_deps()
         .exec()
         .context("asking cargo for the target directory")?;

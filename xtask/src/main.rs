@@ -3,6 +3,7 @@
 //! Every install step is idempotent and cached: a second run that finds everything in place
 //! costs a few process spawns.
 mod cmd;
+mod dist;
 mod fuzz;
 mod python;
 mod system;
@@ -43,6 +44,10 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         args: Vec<OsString>,
     },
+    /// What a release ships, in target/dist/: a static (musl) drainer, a .deb, an OCI image
+    /// archive of the binary alone, and SHA256SUMS; each is checked (root: installs buildah and
+    /// skopeo, and starts the binary it built).
+    Dist,
     /// Everything: formatting, lints, unit tests, the integration tests on this kernel, then a
     /// short fuzzing run.
     Test,
@@ -108,6 +113,7 @@ fn dispatch(command: Command) -> Result<()> {
             let binary = build(release)?;
             system::exec_as_root(&binary, &args)
         }
+        Command::Dist => dist::dist().map(drop),
         Command::Test => test(),
         Command::Lint => lint(),
         Command::Soak => soak(),
