@@ -133,6 +133,7 @@ pub(super) fn ensure() -> Result<Image> {
         );
         build(&dir)?;
         fs::write(&complete, "")?;
+        remove_other_images(&dir)?;
     }
     Ok(Image {
         disk: dir.join("root.ext4"),
@@ -140,6 +141,24 @@ pub(super) fn ensure() -> Result<Image> {
         initrd: dir.join("initrd.img"),
         name,
     })
+}
+
+/// Images of earlier package lists, which no run boots again: a few GiB each.
+fn remove_other_images(current: &Path) -> Result<()> {
+    let Some(cache) = current.parent() else {
+        return Ok(());
+    };
+    for entry in fs::read_dir(cache).with_context(|| format!("reading {}", cache.display()))? {
+        let path = entry?.path();
+        if path != current && path.is_dir() {
+            eprintln!(
+                "xtask: removing the outdated guest image {}",
+                path.display()
+            );
+            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 fn build(dir: &Path) -> Result<()> {

@@ -19,7 +19,7 @@ mod scenarios;
 
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result};
 
 use crate::{cmd, system};
 
@@ -87,14 +87,20 @@ fn choose(names: &[String]) -> Result<Vec<&'static scenarios::Scenario>> {
         .collect()
 }
 
-/// drainer as the guest installs it.
+/// drainer as a user gets it: `./x dist`'s Debian package, which the guest installs with apt,
+/// and its OCI archive, which podman loads.
 fn artifacts() -> Result<scenarios::Artifacts> {
-    let binary = crate::build(true)?;
-    if !binary.exists() {
-        bail!("the release build left no {}", binary.display());
-    }
+    let dist = crate::dist::dist()?;
+    let name = |path: &std::path::Path| -> Result<String> {
+        Ok(path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .with_context(|| format!("{} has no UTF-8 file name", path.display()))?
+            .to_owned())
+    };
     Ok(scenarios::Artifacts {
-        files: vec![binary],
-        deb: None,
+        deb: name(&dist.deb)?,
+        oci: name(&dist.image_archive)?,
+        files: vec![dist.deb, dist.image_archive],
     })
 }

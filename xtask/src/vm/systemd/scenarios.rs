@@ -52,8 +52,10 @@ const BUDGET_BOOTS: u32 = 3;
 /// What of drainer the guest installs, in the share's `dist/`.
 pub(super) struct Artifacts {
     pub(super) files: Vec<PathBuf>,
-    /// The Debian package among them, which the guest installs with apt.
-    pub(super) deb: Option<String>,
+    /// The Debian package among them (its file name), which the guest installs with apt.
+    pub(super) deb: String,
+    /// The OCI archive among them, which podman loads.
+    pub(super) oci: String,
 }
 
 /// Fills `share` with what the guest's run reads; empties its `results/`.
@@ -91,6 +93,7 @@ pub(super) fn prepare(share: &Path, scenarios: &[&Scenario], artifacts: &Artifac
     let plan = json!({
         "scenarios": scenarios.iter().map(|s| s.name).collect::<Vec<_>>(),
         "deb": artifacts.deb,
+        "oci": artifacts.oci,
         "hold_s": HOLD.as_secs(),
         "timeout_stop_s": TIMEOUT_STOP.as_secs(),
         "budget_boots": BUDGET_BOOTS,
