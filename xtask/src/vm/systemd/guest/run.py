@@ -449,10 +449,18 @@ def seccomp_finding(c, image, sidecar, budget):
             found["deploy/kubernetes/drainer-seccomp.json"], "see the evidence")
 
 
-def pod_scenario(c, plan):
-    budget = plan["budget_s"]
-    hold = plan["hold_s"]
-    spec, sidecar, app = manifest_pod_spec()
+_images = []
+
+
+def pod_images(c, plan, budget):
+    """drainer's image loaded, and the app's built from Debian's packages and the drainer client
+    copied from drainer's image; returns drainer's image and its binary's path. Once a run."""
+    if not _images:
+        _images.append(build_pod_images(c, plan, budget))
+    return _images[0]
+
+
+def build_pod_images(c, plan, budget):
     sh("podman", "import", "-q", APP_ROOTFS, BASE_IMAGE)
     image, binary = sidecar_image(c, plan)
     build = "/tmp/app-build"
@@ -470,6 +478,14 @@ def pod_scenario(c, plan):
         out.write(f"FROM {BASE_IMAGE}\nCOPY --from={image} {binary} /usr/local/bin/drainer\n"
                   "COPY ws_server.py /app/ws_server.py\nCOPY uvicorn /usr/local/bin/uvicorn\n")
     sh("podman", "build", "-q", "--pull=never", "-t", APP_IMAGE, build, timeout=budget)
+    return image, binary
+
+
+def pod_scenario(c, plan):
+    budget = plan["budget_s"]
+    hold = plan["hold_s"]
+    spec, sidecar, app = manifest_pod_spec()
+    image, binary = pod_images(c, plan, budget)
 
     seccomp_finding(c, image, sidecar, budget)
 
@@ -523,11 +539,8 @@ def pod_scenario(c, plan):
             or "no SIGTERM in its log")
     c.evidence("the sidecar's log", container_logs("drainer").splitlines()[-14:])
     c.evidence("the app's log", app_log.splitlines()[-4:])
-    if stopped is None:
-        return
     sh("podman", "pod", "rm", "-f", "live-app", check=False)
     sh("podman", "volume", "rm", "-f", "drainer-run", check=False)
-    kube_play(c, image, budget)
 
 
 def arg_seconds(args, flag):
@@ -535,13 +548,15 @@ def arg_seconds(args, flag):
     return float(value.rstrip("s"))
 
 
-def kube_play(c, image, budget):
+def kube_play(c, plan):
     """What podman 4.3's `kube play` makes of deploy/kubernetes/deployment.yaml, recorded as
     evidence (not a check): the manifest as it is, then without the sidecar's readinessProbe
     (which podman refuses on an init container) to see what it does with the rest. The images it
     names are tagged from the ones used above."""
     import yaml
 
+    budget = plan["budget_s"]
+    image, _ = pod_images(c, plan, budget)
     _, sidecar, app = manifest_pod_spec()
     sh("podman", "tag", image, sidecar["image"])
     sh("podman", "tag", APP_IMAGE, app["image"])
@@ -602,6 +617,8 @@ def main():
                 systemd_scenario(c, plan, name, drainer)
             elif name == "pod":
                 pod_scenario(c, plan)
+            elif name == "kube-play":
+                kube_play(c, plan)
             else:
                 raise RuntimeError(f"no scenario {name}")
         except Exception:
