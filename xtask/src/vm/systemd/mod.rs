@@ -7,8 +7,8 @@
 //! The stages, one file each:
 //!
 //! - [`image`]: the guest's disk, built once from Debian's archive with mmdebstrap and cached;
-//! - [`scenarios`]: the run's share (the guest's scripts in `guest/`, deploy/, drainer's
-//!   artifacts, the plan), and the results read back into the verdict;
+//! - [`scenarios`]: the run's share (the guest's scripts in `guest/`, deploy/kubernetes,
+//!   drainer's artifacts, the plan), and the results read back into the verdict;
 //! - [`boot`]: qemu booting an overlay of the image, the console logged and watched.
 //!
 //! Inside, `guest/vm-deploy-run.service` runs `guest/run.py` once the guest has booted; it

@@ -1,5 +1,6 @@
 //! What the guest plays, and what it found: the run's share assembled (the guest's scripts, the
-//! repository's deploy/ files, drainer's artifacts, the plan), then the results the guest wrote
+//! repository's deploy/kubernetes, drainer's artifacts, the plan; the systemd units come with the
+//! .deb), then the results the guest wrote
 //! read back, reported, and turned into the verdict.
 use std::{
     fs,
@@ -68,13 +69,7 @@ pub(super) fn prepare(share: &Path, scenarios: &[&Scenario], artifacts: &Artifac
     if share.exists() {
         fs::remove_dir_all(share).with_context(|| format!("emptying {}", share.display()))?;
     }
-    for dir in [
-        "guest",
-        "deploy/systemd",
-        "deploy/kubernetes",
-        "dist",
-        "results",
-    ] {
+    for dir in ["guest", "deploy/kubernetes", "dist", "results"] {
         fs::create_dir_all(share.join(dir))?;
     }
     for (name, text) in [
@@ -83,12 +78,15 @@ pub(super) fn prepare(share: &Path, scenarios: &[&Scenario], artifacts: &Artifac
     ] {
         fs::write(share.join("guest").join(name), text)?;
     }
-    for dir in ["deploy/systemd", "deploy/kubernetes"] {
-        let from = workspace_root().join(dir);
-        for entry in fs::read_dir(&from).with_context(|| format!("reading {}", from.display()))? {
-            let entry = entry?;
-            fs::copy(entry.path(), share.join(dir).join(entry.file_name()))?;
-        }
+    let kubernetes = workspace_root().join("deploy/kubernetes");
+    for entry in
+        fs::read_dir(&kubernetes).with_context(|| format!("reading {}", kubernetes.display()))?
+    {
+        let entry = entry?;
+        fs::copy(
+            entry.path(),
+            share.join("deploy/kubernetes").join(entry.file_name()),
+        )?;
     }
     for file in &artifacts.files {
         let name = file.file_name().context("an artifact without a name")?;

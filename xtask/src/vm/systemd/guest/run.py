@@ -2,7 +2,7 @@
 """The scenarios of `cargo xtask vm-deploy`, run inside the guest by drainer-vm-run.service.
 
 The host shares a directory at /srv/vm holding this script, `plan.json` (which scenarios, how
-long each holds its sessions), the repository's deploy/ files and drainer's artifacts; this script
+long each holds its sessions), the repository's deploy/kubernetes and drainer's artifacts; this script
 installs drainer, plays each scenario against real systemd (and podman), prints every check and
 its evidence on the console, writes `results/results.json` and the journal to the share, and
 powers the guest off. The host reads the results back: a scenario passes only if every check in
@@ -256,9 +256,13 @@ def install_drainer(c, plan):
     return path
 
 
+# The example units as the .deb ships them (deploy/systemd with drainer's installed path).
+PACKAGED_UNITS = "/usr/share/doc/drainer/examples/systemd"
+
+
 def install_unit(name, dropin):
-    """The repository's unit as it is, and a drop-in with what the guest changes."""
-    shutil.copy(os.path.join(SHARE, "deploy/systemd", name), os.path.join(UNITS, name))
+    """The package's example unit as it is, and a drop-in with what the guest changes."""
+    shutil.copy(os.path.join(PACKAGED_UNITS, name), os.path.join(UNITS, name))
     directory = os.path.join(UNITS, f"{name}.d")
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "vm-deploy.conf"), "w") as out:
