@@ -85,6 +85,14 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
+    /// The deployment examples for real: a VM booting Debian with systemd (qemu, software
+    /// emulation) runs deploy/systemd's units and deploy/kubernetes's pod under podman, holds live
+    /// sessions across each stop and checks what the documentation promises.
+    VmDeploy {
+        /// Only this scenario (repeatable): wrapper, companion, pod.
+        #[arg(long = "scenario")]
+        scenarios: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -120,6 +128,9 @@ fn dispatch(command: Command) -> Result<()> {
             filter,
             timeout: std::time::Duration::from_secs(timeout * 60),
         }),
+        Command::VmDeploy { scenarios } => {
+            vm::systemd::vm_deploy(&vm::systemd::Options { scenarios })
+        }
     }
 }
 

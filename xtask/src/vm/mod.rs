@@ -24,6 +24,7 @@ mod kernels;
 mod patience;
 mod qemu;
 mod report;
+pub mod systemd;
 
 use std::{
     path::Path,
@@ -94,4 +95,28 @@ fn utf8(path: &Path) -> Result<&str> {
             path.display()
         )
     })
+}
+
+/// `line` without the terminal escape sequences the firmware writes to the serial console.
+fn printable(line: &str) -> String {
+    let mut text = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            // ESC c, or ESC [ parameters and a final letter.
+            '\x1b' => {
+                if chars.next() == Some('[') {
+                    for c in chars.by_ref() {
+                        if c.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                }
+            }
+            '\t' => text.push(c),
+            c if c.is_control() => {}
+            c => text.push(c),
+        }
+    }
+    text
 }

@@ -16,6 +16,7 @@ use anyhow::{Context as _, Result};
 
 use super::{
     initramfs::{self, Plan},
+    printable,
     report::{self, Outcome},
     utf8,
 };
@@ -166,28 +167,4 @@ pub(super) fn boot_and_test(plan: &Plan, work: &Path, timeout: Duration) -> Resu
             results: test_results,
         },
     })
-}
-
-/// `line` without the terminal escape sequences the firmware writes to the serial console.
-fn printable(line: &str) -> String {
-    let mut text = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            // ESC c, or ESC [ parameters and a final letter.
-            '\x1b' => {
-                if chars.next() == Some('[') {
-                    for c in chars.by_ref() {
-                        if c.is_ascii_alphabetic() {
-                            break;
-                        }
-                    }
-                }
-            }
-            '\t' => text.push(c),
-            c if c.is_control() => {}
-            c => text.push(c),
-        }
-    }
-    text
 }
