@@ -2,6 +2,7 @@
 line per problem and exits non-zero if there is any.
 
 Usage: check_sidecar_manifest.py MANIFEST DRAINER_CARGO_TOML"""
+import os
 import re
 import sys
 import tomllib
@@ -41,6 +42,13 @@ caps = sidecar.get("securityContext", {}).get("capabilities", {})
 check(caps.get("drop") == ["ALL"], "the sidecar drops every capability first")
 check(sorted(caps.get("add", [])) == ["BPF", "NET_ADMIN", "PERFMON"], f"least capabilities: {caps.get('add')}")
 check(not sidecar.get("securityContext", {}).get("privileged", False), "the sidecar is not privileged")
+seccomp = sidecar.get("securityContext", {}).get("seccompProfile", {})
+check(
+    seccomp == {"type": "Localhost", "localhostProfile": "drainer-seccomp.json"},
+    f"the sidecar runs under the shipped drainer-seccomp.json, not Unconfined: {seccomp}",
+)
+profile = os.path.join(os.path.dirname(os.path.abspath(sys.argv[1])), "drainer-seccomp.json")
+check(os.path.isfile(profile), f"{profile} ships beside the manifest")
 check(sidecar.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz", "sidecar readiness on /readyz")
 apps = pod.get("containers", [])
 check(len(apps) >= 1, "an app container")
