@@ -1,9 +1,10 @@
 //! The CLI side of the control socket: `drainer status`, `drainer drain`, `drainer release`.
 use std::{
+    cell::Cell,
     io::{BufRead as _, BufReader, IsTerminal as _, Write as _},
     os::unix::net::UnixStream,
     path::Path,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -11,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use drainer_common::protocol::{IdleConnection, Outcome, Reply, Request, Status};
 
-use crate::cli::DrainArgs;
+use crate::{cli::DrainArgs, system::systemd::Systemd};
 
 /// `drainer drain --wait` exit codes.
 pub const EXIT_DRAINED: i32 = 0;
@@ -110,12 +111,53 @@ pub fn drain(args: &DrainArgs) -> Result<i32> {
         return Ok(0);
     }
     let mut display = Display::new();
+    let stop_timeout = StopTimeout::new();
     loop {
         match connection.next()? {
-            Reply::Progress(status) => display.progress(&status),
+            Reply::Progress(status) => {
+                display.progress(&status);
+                stop_timeout.hold_off(&status);
+            }
             Reply::Released(status) => return Ok(display.released(&status)),
             Reply::Resumed(status) => return Ok(display.resumed(&status)),
             _ => bail!("unexpected reply while waiting"),
+        }
+    }
+}
+
+/// The stop timeout of the unit `drain --wait` is the `ExecStop=` of, held off for as long as the
+/// drain may last. In the companion shape systemd stops the app's unit, whose `TimeoutStopSec=`
+/// would otherwise cut a drain longer than it; the daemon, in a unit of its own, cannot extend
+/// that one. systemd hands `ExecStop=` a NOTIFY_SOCKET only when the unit has `NotifyAccess=all`;
+/// without one this does nothing.
+struct StopTimeout {
+    systemd: Systemd,
+    extended: Cell<bool>,
+}
+
+impl StopTimeout {
+    /// After the drain's deadline, the app still has its own shutdown to do once drainer
+    /// releases it.
+    const APP_SHUTDOWN: Duration = Duration::from_secs(30);
+
+    fn new() -> Self {
+        Self {
+            systemd: Systemd::from_env(),
+            extended: Cell::new(false),
+        }
+    }
+
+    /// Called with each progress report (at least every 500 ms): extends the timeout to the
+    /// drain's deadline at the first, then renews each window before it ends.
+    fn hold_off(&self, status: &Status) {
+        let now = Instant::now();
+        if self.systemd.renew_at().is_some() {
+            self.systemd.renew(now);
+        } else if let Some(left) = status.deadline_left_seconds
+            && !self.extended.replace(true)
+        {
+            self.systemd
+                .extend_timeout(Duration::from_secs_f64(left.max(0.0)) + Self::APP_SHUTDOWN);
         }
     }
 }
