@@ -81,6 +81,9 @@ enum Command {
         /// Only the tests whose names contain this (passed to each test binary).
         #[arg(long)]
         filter: Option<String>,
+        /// Only these test binaries (`exhaustion`, `drainer-lib`, …); all when absent.
+        #[arg(long = "binary", value_name = "NAME")]
+        binaries: Vec<String>,
         /// Minutes one VM may take to run the tests before it is stopped.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
@@ -122,10 +125,12 @@ fn dispatch(command: Command) -> Result<()> {
         Command::VmTest {
             kernel,
             filter,
+            binaries,
             timeout,
         } => vm::vm_test(&vm::Options {
             kernel,
             filter,
+            binaries,
             timeout: std::time::Duration::from_secs(timeout * 60),
         }),
         Command::VmDeploy { scenarios } => {

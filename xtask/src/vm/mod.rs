@@ -43,6 +43,8 @@ pub struct Options {
     pub kernel: Option<String>,
     /// Passed to each test binary: only the tests whose names contain it.
     pub filter: Option<String>,
+    /// Only the test binaries named; every one when empty.
+    pub binaries: Vec<String>,
     /// How long one VM may run its tests.
     pub timeout: Duration,
 }
@@ -55,7 +57,21 @@ pub fn vm_test(options: &Options) -> Result<()> {
     // Under emulation a debug drainer takes about 4 s to attach (parsing the kernel's BTF, twice),
     // longer than some tests give it; the release build, the one deployed, takes about 1 s.
     let drainer = crate::build(true)?;
-    let tests = binaries::build(options.filter.as_deref())?;
+    let mut tests = binaries::build(options.filter.as_deref())?;
+    if !options.binaries.is_empty() {
+        if let Some(unknown) = options
+            .binaries
+            .iter()
+            .find(|name| !tests.iter().any(|test| &test.name == *name))
+        {
+            let known: Vec<&str> = tests.iter().map(|test| test.name.as_str()).collect();
+            anyhow::bail!(
+                "no test binary is named {unknown}: choose among {}",
+                known.join(", ")
+            );
+        }
+        tests.retain(|test| options.binaries.contains(&test.name));
+    }
     let images = kernels
         .iter()
         .map(image::fetch)
