@@ -8,7 +8,7 @@
 # that every binary ran. Without it the host reports the VM as broken, quoting the console.
 #
 # /vm/plan.sh, written by the host for this run, sets boot_modules, modules_dir, the open files
-# limits, reference_host_cs and binary_budget_s, and defines in_host_root, reference and run_tests.
+# limits, reference_host_cs, binary_budget_s and patience_given, and defines in_host_root, reference and run_tests.
 
 # The archive holds no /dev/console node (creating one would take root on the host), so the
 # kernel started this script with nowhere to write: mount devtmpfs and open the console first.
@@ -86,8 +86,9 @@ for _ in 1 2 3; do
 done
 patience=$(((2 * best + reference_host_cs - 1) / reference_host_cs))
 [ "$patience" -ge 1 ] || patience=1
+[ -z "$patience_given" ] || patience=$patience_given
 echo "$best $reference_host_cs $patience" >/results/patience
-say "patience $patience: the reference took ${best}0 ms here, ${reference_host_cs}0 ms on the host"
+say "patience $patience${patience_given:+ (given)}: the reference took ${best}0 ms here, ${reference_host_cs}0 ms on the host"
 binary_limit=$((patience * binary_budget_s))
 
 # Each line of a binary's output is stamped with the seconds since it started, so that the report

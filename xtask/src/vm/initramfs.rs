@@ -68,6 +68,17 @@ impl Plan<'_> {
             quote(REFERENCE_IMPORTS)
         )?;
         writeln!(script, "binary_budget_s={}", BINARY_BUDGET.as_secs())?;
+        writeln!(
+            script,
+            "patience_given={}",
+            quote(
+                &self
+                    .reference
+                    .given
+                    .map(|factor| factor.to_string())
+                    .unwrap_or_default()
+            )
+        )?;
         script.push_str("run_tests() {\n");
         for test in self.tests {
             write!(

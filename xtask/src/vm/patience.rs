@@ -31,6 +31,10 @@ pub(super) const BINARY_BUDGET: Duration = Duration::from_secs(40);
 pub(super) struct Reference {
     pub(super) python: PathBuf,
     pub(super) host: Duration,
+    /// The factor `DRAINER_TEST_PATIENCE` gives instead, to rerun a test with shorter (or longer)
+    /// waits than measured: a hung test then fails with its own message within the binary's
+    /// time limit.
+    pub(super) given: Option<u32>,
 }
 
 /// Compiles the virtualenv's and the test scripts' bytecode, so that the guest, whose view of
@@ -61,8 +65,20 @@ pub(super) fn measure(python: &Path) -> Result<Reference> {
         }
         best = best.min(started.elapsed());
     }
+    let given = match std::env::var("DRAINER_TEST_PATIENCE") {
+        Err(_) => None,
+        Ok(text) => Some(
+            text.parse::<u32>()
+                .ok()
+                .filter(|&factor| factor >= 1)
+                .with_context(|| {
+                    format!("DRAINER_TEST_PATIENCE={text:?}: give a whole number of at least 1")
+                })?,
+        ),
+    };
     Ok(Reference {
         python: python.to_owned(),
         host: best,
+        given,
     })
 }
