@@ -1,75 +1,39 @@
 //! The HTTP drain endpoint's bearer token (`--http-token-file`). Whoever holds it can start a
 //! drain, so drainer takes it only from a regular file that no one but its owner (root, or the
 //! user drainer runs as) can read or write, opened without following a symlink.
-use std::{
-    fs::{File, OpenOptions},
-    io::{ErrorKind, Read as _},
-    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
-    path::Path,
-};
+use std::{io::Read as _, path::Path};
 
 use anyhow::{Context as _, Result, bail};
+
+use crate::system::trusted_file::{self, Trust};
 
 /// The shortest token accepted.
 const MIN_LENGTH: usize = 16;
 
+/// What the token file must be: whoever can read it can start a drain.
+const TRUST: Trust = Trust {
+    what: "the HTTP token file",
+    controls: "who may start a drain",
+    forbidden_mode: 0o077,
+    forbidden_access: "readable or writable",
+    chmod: "chmod 600",
+    link_hint: " (from a Kubernetes Secret volume, mount the key with subPath)",
+};
+
 pub fn read(path: &Path) -> Result<String> {
-    let shown = path.display();
-    // O_NONBLOCK: a FIFO at the path must not hang start-up before it is refused below.
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|err| match err.raw_os_error() {
-            Some(libc::ELOOP) => anyhow::anyhow!(
-                "the HTTP token file {shown} is a symbolic link: drainer does not follow one \
-                 there; give the file itself (from a Kubernetes Secret volume, mount the key \
-                 with subPath)"
-            ),
-            _ if err.kind() == ErrorKind::NotFound => {
-                anyhow::anyhow!("the HTTP token file {shown} does not exist")
-            }
-            _ => anyhow::Error::new(err).context(format!("opening the HTTP token file {shown}")),
-        })?;
-    check(&file, path)?;
+    let (file, _) = trusted_file::open(path, &TRUST)?;
     let mut token = String::new();
     (&file)
         .read_to_string(&mut token)
-        .with_context(|| format!("reading the HTTP token file {shown}"))?;
+        .with_context(|| format!("reading the HTTP token file {}", path.display()))?;
     let token = token.trim().to_owned();
     if token.len() < MIN_LENGTH {
         bail!(
-            "the token in {shown} is shorter than {MIN_LENGTH} characters: use a long random one"
+            "the token in {} is shorter than {MIN_LENGTH} characters: use a long random one",
+            path.display()
         );
     }
     Ok(token)
-}
-
-/// A regular file, owned by root or drainer's user, that group and others cannot touch.
-fn check(file: &File, path: &Path) -> Result<()> {
-    let shown = path.display();
-    let meta = file
-        .metadata()
-        .with_context(|| format!("inspecting the HTTP token file {shown}"))?;
-    if !meta.file_type().is_file() {
-        bail!("the HTTP token file {shown} is not a regular file");
-    }
-    let me = nix::unistd::geteuid().as_raw();
-    if meta.uid() != 0 && meta.uid() != me {
-        bail!(
-            "the HTTP token file {shown} belongs to uid {}: it must belong to root or to the user \
-             drainer runs as (uid {me}), so no one else can change the token (chown it)",
-            meta.uid()
-        );
-    }
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        bail!(
-            "the HTTP token file {shown} has mode {mode:03o}: group and others may read or write \
-             it, and whoever reads the token can start a drain; run `chmod 600 {shown}`"
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

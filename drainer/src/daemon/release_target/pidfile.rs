@@ -4,9 +4,9 @@
 //! nobody else, holding one pid greater than 1; and the process that pid names now must have
 //! started before the file was last written, or the pid is stale and reused.
 use std::{
-    fs::{self, File, OpenOptions},
+    fs::{self, File},
     io::{self, Read as _},
-    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+    os::unix::fs::MetadataExt as _,
     path::Path,
 };
 
@@ -14,11 +14,13 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use nix::{
     sys::{signal::Signal, time::TimeSpec},
     time::{ClockId, clock_gettime},
-    unistd::geteuid,
 };
 
 use super::{Delivery, check_pid};
-use crate::system::pidfd::Process;
+use crate::system::{
+    pidfd::Process,
+    trusted_file::{self, Trust},
+};
 
 /// More than a pid and a newline: not a pidfile.
 const MAX_LEN: u64 = 32;
@@ -36,50 +38,19 @@ pub struct Pidfile {
     written: i128,
 }
 
+/// What a pidfile must be: its contents choose whom drainer signals.
+const TRUST: Trust = Trust {
+    what: "the pidfile",
+    controls: "whom drainer signals",
+    forbidden_mode: 0o022,
+    forbidden_access: "writable",
+    chmod: "chmod go-w",
+    link_hint: "",
+};
+
 /// Opens and checks `path`: the errors say what is wrong and how to fix it.
 pub fn read(path: &Path) -> Result<Pidfile> {
-    let shown = path.display();
-    // O_NONBLOCK: a FIFO at the path must not hang the release; it is refused below.
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|err| match err.raw_os_error() {
-            Some(libc::ELOOP) => anyhow!(
-                "the pidfile {shown} is a symbolic link: drainer does not follow it (whoever can \
-                 change the link would choose the process it signals); give the file's own path"
-            ),
-            _ => anyhow!(err).context(format!("opening the pidfile {shown}")),
-        })?;
-    let meta = file
-        .metadata()
-        .with_context(|| format!("reading the attributes of the pidfile {shown}"))?;
-    if !meta.file_type().is_file() {
-        bail!(
-            "the pidfile {shown} is not a regular file: give the file the server's pid is written to"
-        );
-    }
-    let euid = geteuid().as_raw();
-    if meta.uid() != 0 && meta.uid() != euid {
-        let owners = if euid == 0 {
-            "root".to_owned()
-        } else {
-            format!("root or uid {euid} (drainer's)")
-        };
-        bail!(
-            "the pidfile {shown} is owned by uid {}: drainer signals only the pid a file owned by \
-             {owners} names, since its owner chooses whom drainer signals; have a root process \
-             write it, or `chown root {shown}`",
-            meta.uid()
-        );
-    }
-    if meta.mode() & 0o022 != 0 {
-        bail!(
-            "the pidfile {shown} is writable by its group or others (mode {:04o}): whoever can \
-             write it chooses whom drainer signals; `chmod go-w {shown}`",
-            meta.mode() & 0o7777
-        );
-    }
+    let (file, meta) = trusted_file::open(path, &TRUST)?;
     let pid = parse(file, path)?;
     Ok(Pidfile {
         pid,
