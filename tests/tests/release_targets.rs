@@ -55,6 +55,14 @@ fn refused(netns: &TestNetns, args: &[&str]) -> (i32, String) {
     (status.code().unwrap_or(-1), daemon.output())
 }
 
+/// `drainer daemon --port 8000` with its control socket at `socket` and the release target
+/// `target` (`--release-pid PID`, …), once it serves.
+fn releasing(netns: &TestNetns, socket: &str, target: &[&str]) -> Process {
+    let mut args = vec!["--port", "8000", "--control-socket", socket];
+    args.extend_from_slice(target);
+    drainer_daemon(netns, &args)
+}
+
 /// Drains through `socket` until released; returns the daemon's line about its release target.
 fn release(daemon: &Process, socket: &str) -> Line {
     let (code, _, stderr) = drainer_client(&["drain", "--wait", "--socket", socket]);
@@ -234,17 +242,7 @@ fn a_release_pid_reused_by_another_process_is_not_signalled() {
     let socket = socket_arg(&dir);
     let mut server = Reporter::spawn(&dir, "server");
     let pid = server.pid();
-    let daemon = drainer_daemon(
-        &netns,
-        &[
-            "--port",
-            "8000",
-            "--control-socket",
-            &socket,
-            "--release-pid",
-            &pid.to_string(),
-        ],
-    );
+    let daemon = releasing(&netns, &socket, &["--release-pid", &pid.to_string()]);
     server.kill_and_reap();
     let mut reuser = Reporter::spawn_with_pid(&dir, "reuser", pid);
 
@@ -274,16 +272,10 @@ fn a_stale_pidfile_whose_pid_was_reused_is_not_signalled() {
     let pid = server.pid();
     write_pidfile(&pidfile, &format!("{pid}\n"));
     let written = Instant::now();
-    let daemon = drainer_daemon(
+    let daemon = releasing(
         &netns,
-        &[
-            "--port",
-            "8000",
-            "--control-socket",
-            &socket,
-            "--release-pidfile",
-            pidfile.to_str().unwrap(),
-        ],
+        &socket,
+        &["--release-pidfile", pidfile.to_str().unwrap()],
     );
     // The server dies without removing its pidfile; later another process gets its pid.
     server.kill_and_reap();
@@ -332,13 +324,10 @@ fn a_cgroup_target_signals_every_live_process_of_the_cgroup_and_its_descendants(
     // A member whose pid has vanished by the release.
     let mut exited = Reporter::spawn(&dir, "exited-member");
     child.add(exited.pid());
-    let daemon = drainer_daemon(
+    let daemon = releasing(
         &netns,
+        &socket,
         &[
-            "--port",
-            "8000",
-            "--control-socket",
-            &socket,
             "--release-cgroup",
             cgroup.path().to_str().unwrap(),
             "--release-signal",

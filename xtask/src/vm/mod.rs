@@ -113,6 +113,29 @@ fn utf8(path: &Path) -> Result<&str> {
     })
 }
 
+/// Follows the serial console of `qemu` (spawned with its stdout piped) on a thread: each line,
+/// made printable, is appended to `log` and handed to `each`. The thread ends with qemu.
+fn follow_console(
+    qemu: &mut std::process::Child,
+    log: &Path,
+    mut each: impl FnMut(&str) + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>> {
+    use std::io::{BufRead as _, Write as _};
+    let stdout = qemu.stdout.take().context("qemu's stdout")?;
+    let mut log = std::fs::File::create(log)
+        .with_context(|| format!("creating the console log {}", log.display()))?;
+    Ok(std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .split(b'\n')
+            .map_while(Result::ok)
+        {
+            let line = printable(&String::from_utf8_lossy(&line));
+            let _ = writeln!(log, "{line}");
+            each(&line);
+        }
+    }))
+}
+
 /// `line` without the terminal escape sequences the firmware writes to the serial console.
 fn printable(line: &str) -> String {
     let mut text = String::with_capacity(line.len());

@@ -4,7 +4,6 @@
 use std::{
     collections::VecDeque,
     fs,
-    io::{BufRead as _, BufReader, Write as _},
     path::Path,
     process::{Command, Stdio},
     sync::{Arc, Mutex},
@@ -15,8 +14,8 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use super::{
+    follow_console,
     initramfs::{self, Plan},
-    printable,
     report::{self, Outcome},
     utf8,
 };
@@ -89,29 +88,22 @@ pub(super) fn boot_and_test(plan: &Plan, work: &Path, timeout: Duration) -> Resu
 
     let console = Arc::new(Mutex::new(Console::default()));
     let reader = {
-        let stdout = child.stdout.take().context("qemu's stdout")?;
         let console = Arc::clone(&console);
-        let mut log = fs::File::create(&console_log)?;
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
-                let line = printable(&String::from_utf8_lossy(&line));
-                let line = line.as_str();
-                let _ = writeln!(log, "{line}");
-                eprintln!("{line}");
-                let mut console = console.lock().unwrap();
-                if let Some((_, marker)) = line.split_once("vm-test: ") {
-                    if marker.starts_with("booted") {
-                        console.booted = true;
-                    } else if let Some(name) = marker.strip_prefix("running ") {
-                        console.running = Some(name.to_owned());
-                    }
+        follow_console(&mut child, &console_log, move |line| {
+            eprintln!("{line}");
+            let mut console = console.lock().unwrap();
+            if let Some((_, marker)) = line.split_once("vm-test: ") {
+                if marker.starts_with("booted") {
+                    console.booted = true;
+                } else if let Some(name) = marker.strip_prefix("running ") {
+                    console.running = Some(name.to_owned());
                 }
-                if console.tail.len() == CONSOLE_TAIL {
-                    console.tail.pop_front();
-                }
-                console.tail.push_back(line.to_owned());
             }
-        })
+            if console.tail.len() == CONSOLE_TAIL {
+                console.tail.pop_front();
+            }
+            console.tail.push_back(line.to_owned());
+        })?
     };
 
     let started = Instant::now();

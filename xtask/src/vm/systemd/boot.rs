@@ -4,7 +4,6 @@
 //! hangs.
 use std::{
     fs,
-    io::{BufRead as _, BufReader, Write as _},
     path::Path,
     process::{Command, Stdio},
     sync::{Arc, Mutex},
@@ -17,7 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use super::image::Image;
 use crate::{
     cmd::run,
-    vm::{printable, utf8},
+    vm::{follow_console, utf8},
 };
 
 /// A guest that has not started its run unit by then hangs: it booted in about 30 s here. Only
@@ -92,29 +91,23 @@ pub(super) fn boot(image: &Image, share: &Path, work: &Path, limits: &Limits) ->
 
     let progress = Arc::new(Mutex::new(Progress::default()));
     let reader = {
-        let stdout = child.stdout.take().context("qemu's stdout")?;
         let progress = Arc::clone(&progress);
-        let mut log = fs::File::create(&console_log)?;
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
-                let line = printable(&String::from_utf8_lossy(&line));
-                let _ = writeln!(log, "{line}");
-                let Some((_, marker)) = line.split_once("vm-deploy: ") else {
-                    continue;
-                };
-                eprintln!("vm-deploy: {marker}");
-                let Ok(mut progress) = progress.lock() else {
-                    continue;
-                };
-                if marker.starts_with("booted in") {
-                    progress.booted = Some(Instant::now());
-                } else if let Some(name) = marker.strip_prefix("scenario ") {
-                    progress.scenario = Some((name.to_owned(), Instant::now()));
-                } else if marker == "finished" {
-                    progress.finished = true;
-                }
+        follow_console(&mut child, &console_log, move |line| {
+            let Some((_, marker)) = line.split_once("vm-deploy: ") else {
+                return;
+            };
+            eprintln!("vm-deploy: {marker}");
+            let Ok(mut progress) = progress.lock() else {
+                return;
+            };
+            if marker.starts_with("booted in") {
+                progress.booted = Some(Instant::now());
+            } else if let Some(name) = marker.strip_prefix("scenario ") {
+                progress.scenario = Some((name.to_owned(), Instant::now()));
+            } else if marker == "finished" {
+                progress.finished = true;
             }
-        })
+        })?
     };
 
     let mut hung = None;
