@@ -7,9 +7,10 @@ beyond that): a server must not need its client to close before it lets go of a 
 Usage: idle_flood.py COUNT UNIX_PATH TCP_HOST TCP_PORT
 
 Needs only the standard library: tests run it with the system python3 as an unprivileged user.
-Prints "holding COUNT unix COUNT tcp" once COUNT connections to each are connected or connecting
-(a TCP connect waits in the kernel while the server's backlog is full), then every second
-"unix open=N connecting=N replaced=N failed=N; tcp ..."."""
+Prints "holding COUNT unix COUNT tcp" once COUNT connections to each have been opened (a TCP
+connect waits in the kernel while the server's backlog is full; some may have been answered
+already: a server that answers faster than REPLACE_PER_SECOND never has COUNT live at once), then
+every second "unix open=N connecting=N replaced=N failed=N; tcp ..."."""
 import collections
 import errno
 import os
@@ -38,7 +39,7 @@ def main():
     while True:
         for target in targets.values():
             target.top_up()
-        if not announced and all(t.live() >= count for t in targets.values()):
+        if not announced and all(t.opened >= count for t in targets.values()):
             print(f"holding {count} unix {count} tcp", flush=True)
             announced = True
         for key, events in selector.select(timeout=0.05):
@@ -56,6 +57,8 @@ class Target:
         self.connecting = set()
         self.replaced = 0
         self.failed = 0
+        # Connections whose connect started without an error, ever.
+        self.opened = 0
         # Answered or closed by the server, still open here.
         self.answered = collections.deque()
         # Replacements allowed right now: refilled each second, the first fill unlimited.
@@ -75,6 +78,8 @@ class Target:
             sock = socket.socket(self.family, socket.SOCK_STREAM)
             sock.setblocking(False)
             code = self.connect(sock)
+            if code in (0, errno.EINPROGRESS):
+                self.opened += 1
             if code == 0:
                 self.open.add(sock)
                 self.selector.register(sock, selectors.EVENT_READ, (self.name, "open"))
