@@ -99,20 +99,50 @@ impl<V: PartialEq> Samples<V> {
     }
 }
 
+/// Measures every variant once a round, in orders that balance where each one runs: over a full
+/// cycle of orders every variant comes first, last, and right after every other variant equally
+/// often (a Williams design), so neither the position in a round nor what the variant before left
+/// behind (a hundred daemons just stopped) falls on one variant more than on another.
 fn alternate<V: Copy>(
     rounds: usize,
     variants: &[V],
     mut measure: impl FnMut(V) -> f64,
 ) -> Samples<V> {
     let mut samples: Vec<(V, Vec<f64>)> = variants.iter().map(|v| (*v, Vec::new())).collect();
+    let orders = balanced_orders(variants.len());
     for round in 0..rounds {
-        for k in 0..variants.len() {
-            let index = (round + k) % variants.len();
+        for &index in &orders[round % orders.len()] {
             let value = measure(variants[index]);
             samples[index].1.push(value);
         }
     }
     Samples { variants: samples }
+}
+
+/// The orders of a Williams design for `n` variants: row `r` is r, r+1, r−1, r+2, r−2, … (mod n);
+/// for an odd `n` each row is followed by its reverse, as one square cannot balance predecessors.
+fn balanced_orders(n: usize) -> Vec<Vec<usize>> {
+    let mut orders = Vec::new();
+    for row in 0..n {
+        let order: Vec<usize> = (0..n)
+            .map(|k| {
+                let step = k.div_ceil(2);
+                if k % 2 == 1 {
+                    (row + step) % n
+                } else {
+                    (row + n - step % n) % n
+                }
+            })
+            .collect();
+        if n % 2 == 1 {
+            let reversed = order.iter().rev().copied().collect();
+            orders.push(order);
+            orders.push(reversed);
+        } else {
+            orders.push(order);
+        }
+    }
+    orders
 }
 
 /// Measurement 1: New connections per second against a simple server.
@@ -481,6 +511,7 @@ pub fn drainers_on_one_node(
         wait_for_idle_host();
         let rate = bed.netns.run(|| load::connection_rate(to, 4, duration));
         drop(daemons);
+        eprintln!("bench: beside {count} drainers: {rate:.0}/s");
         rate
     })
 }
@@ -515,4 +546,44 @@ fn cpu_times() -> (u64, u64) {
     // user nice system idle iowait irq softirq steal: idle and iowait are idle.
     let idle = fields.get(3).unwrap_or(&0) + fields.get(4).unwrap_or(&0);
     (idle, fields.iter().take(8).sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::balanced_orders;
+
+    #[test]
+    fn every_variant_follows_every_other_and_holds_every_place_equally_often() {
+        for n in 1..=6 {
+            let orders = balanced_orders(n);
+            let mut follows = vec![vec![0; n]; n];
+            let mut places = vec![vec![0; n]; n];
+            for order in &orders {
+                let mut sorted = order.clone();
+                sorted.sort();
+                assert_eq!(
+                    sorted,
+                    (0..n).collect::<Vec<_>>(),
+                    "{order:?} is not an order"
+                );
+                for (place, &variant) in order.iter().enumerate() {
+                    places[variant][place] += 1;
+                }
+                for pair in order.windows(2) {
+                    follows[pair[0]][pair[1]] += 1;
+                }
+            }
+            let each = orders.len() / n;
+            assert!(
+                places.iter().flatten().all(|&c| c == each),
+                "n={n}: {places:?}"
+            );
+            for (a, row) in follows.iter().enumerate() {
+                for (b, &count) in row.iter().enumerate() {
+                    let expected = if a == b { 0 } else { orders.len() / n };
+                    assert_eq!(count, expected, "n={n}: {a} before {b} in {orders:?}");
+                }
+            }
+        }
+    }
 }
