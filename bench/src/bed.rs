@@ -101,6 +101,58 @@ impl Bed {
     }
 }
 
+/// Clients in a namespace of their own, joined to a bed's by a veth pair, as a real server's
+/// clients are elsewhere: the bed's namespace then holds only the server's side of each
+/// connection, as a pod's does. Each source address ([`client_source`]) adds a full ephemeral
+/// port range.
+pub struct ClientSide {
+    pub netns: TestNetns,
+    /// The server's address on the pair, for the clients to connect to.
+    pub server: IpAddr,
+}
+
+impl ClientSide {
+    pub fn create(bed: &Bed, sources: usize) -> Self {
+        let netns = TestNetns::create();
+        bed.netns.link_to(&netns);
+        for (key, value) in [
+            ("net.ipv4.ip_local_port_range", "1024 65535"),
+            ("net.ipv4.tcp_tw_reuse", "1"),
+        ] {
+            run(netns
+                .command("sysctl")
+                .args(["-q", "-w", &format!("{key}={value}")]));
+        }
+        for index in 0..sources {
+            run(netns.command("ip").args([
+                "addr",
+                "add",
+                &format!("{}/32", client_source(index)),
+                "dev",
+                "veth0",
+            ]));
+        }
+        run(bed
+            .netns
+            .command("ip")
+            .args(["route", "add", "10.201.0.0/16", "dev", "veth0"]));
+        Self {
+            netns,
+            server: [10, 200, 0, 1].into(),
+        }
+    }
+}
+
+/// Source addresses of a [`ClientSide`]: 10.201.0.2, 10.201.0.3, …
+pub fn client_source(index: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(
+        10,
+        201,
+        (index / 250) as u8,
+        (2 + index % 250) as u8,
+    ))
+}
+
 /// Namespaces beside a bed's on the same host, each for a serving drainer of its own: the
 /// neighbours a node guarding many servers gives a namespace without drainer.
 pub struct Neighbours {

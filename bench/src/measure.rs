@@ -2,7 +2,7 @@
 //! all of them alike, and returns what it measured.
 use std::{
     io::ErrorKind,
-    net::TcpStream,
+    net::{SocketAddr, TcpStream},
     os::fd::{AsFd as _, AsRawFd as _},
     sync::atomic::{AtomicU64, Ordering},
     thread,
@@ -17,7 +17,7 @@ use drainer_harness::{
 use nix::sys::signal::Signal;
 
 use crate::{
-    bed::{Bed, Neighbours, PORT},
+    bed::{Bed, ClientSide, Neighbours, PORT},
     clock::monotonic_ns,
     load,
     roles::raise_fd_limit,
@@ -313,7 +313,10 @@ pub struct Scale {
 pub fn scale(bed: &Bed, connections: usize) -> Scale {
     // Clients in processes of at most `per_process` descriptors each; servers that never accept.
     let per_process = (raise_fd_limit() as usize).saturating_sub(100).min(40_000);
-    let addr = bed.server_addr().to_string();
+    let processes = connections.div_ceil(per_process);
+    let sources_per_process = per_process / 50_000 + 1;
+    let client_side = ClientSide::create(bed, processes * sources_per_process);
+    let addr = SocketAddr::new(client_side.server, PORT).to_string();
     let listeners = (connections / 30_000 + 1).to_string();
     let server = bed.role(&["serve-hold", &addr, &listeners], "listening");
     let idle = bed.daemon();
@@ -325,8 +328,8 @@ pub fn scale(bed: &Bed, connections: usize) -> Scale {
     while opened < connections {
         let count = per_process.min(connections - opened);
         // Source addresses: 50,000 connections each, fresh ones per process.
-        let first_source = (opened / per_process) * (per_process / 50_000 + 1);
-        let mut command = bed
+        let first_source = (opened / per_process) * sources_per_process;
+        let mut command = client_side
             .netns
             .command(std::env::current_exe().expect("own path"));
         command.args([

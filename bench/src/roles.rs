@@ -86,13 +86,14 @@ pub fn serve_hold(addr: SocketAddr, listeners: usize) -> Result<()> {
     }
 }
 
-/// The client side of the scale runs: `count` connections from source addresses starting at
-/// index `first_source`, held open until killed. Prints `held N`.
+/// The client side of the scale runs, in a [`ClientSide`](crate::bed::ClientSide)'s namespace:
+/// `count` connections from its source addresses starting at index `first_source`, held open
+/// until killed. Prints `held N`.
 pub fn hold_clients(to: SocketAddr, count: usize, first_source: usize) -> Result<()> {
     raise_fd_limit();
     let mut held = Vec::with_capacity(count);
     for i in 0..count {
-        let source = crate::load::source(first_source + i / 50_000);
+        let source = crate::bed::client_source(first_source + i / 50_000);
         // A SYN dropped at a momentarily full queue costs a retransmission, not the run.
         let stream = loop {
             match connect_from(source, to) {
