@@ -162,9 +162,13 @@ impl StopTimeout {
     }
 }
 
-/// A progress bar on a terminal, plain lines otherwise.
+/// A progress bar on a terminal, plain lines otherwise. A plain line is written when the count
+/// changes and at most every [`Display::QUIET_FOR`] otherwise: reports come every 500 ms, and
+/// `ExecStop=` or a preStop hook logs each line for as long as the drain lasts.
 struct Display {
     bar: Option<ProgressBar>,
+    /// What the last plain line said of the count, and when it was written.
+    last_line: Option<(String, Instant)>,
 }
 
 impl Display {
@@ -178,8 +182,14 @@ impl Display {
             );
             bar
         });
-        Self { bar }
+        Self {
+            bar,
+            last_line: None,
+        }
     }
+
+    /// The longest a plain-line display stays silent while the count does not change.
+    const QUIET_FOR: Duration = Duration::from_secs(10);
 
     fn progress(&mut self, status: &Status) {
         let line = progress_line(status);
@@ -195,7 +205,17 @@ impl Display {
                 bar.set_length(start);
                 bar.set_position(start.saturating_sub(status.live.max(0) as u64));
             }
-            None => eprintln!("{line}"),
+            None => {
+                let count = connections_live(status);
+                let now = Instant::now();
+                let due = self.last_line.as_ref().is_none_or(|(last, at)| {
+                    *last != count || now.duration_since(*at) >= Self::QUIET_FOR
+                });
+                if due {
+                    eprintln!("{line}");
+                    self.last_line = Some((count, now));
+                }
+            }
         }
     }
 

@@ -1,5 +1,5 @@
 //! `drainer daemon`: the Kubernetes pod rehearsal, /metrics against `drainer status`, the control
-//! socket's access checks and its answers to malformed requests, and `drain --wait` exit codes.
+//! socket's access checks and its answers to malformed requests, `drain --wait` exit codes and progress lines.
 use std::{
     io::{ErrorKind, Read as _, Write as _},
     net::{Shutdown, SocketAddr},
@@ -14,7 +14,7 @@ use drainer_harness::{
     clients::{
         connect_many, http_request, live_clients, live_session_results, loopback, session_lengths,
     },
-    drainer::{drainer_client, drainer_daemon, status_json},
+    drainer::{drainer_client, drainer_client_process, drainer_daemon, status_json},
     drainer_bin,
     netns::TestNetns,
     patience,
@@ -600,4 +600,39 @@ fn malformed_http_requests_each_get_a_clear_status_and_the_daemon_keeps_serving(
     assert_eq!(status_json(socket.as_ref())["state"], "serving");
     let (code, _) = http_request(netns.connect(http_addr()).unwrap(), "GET", "/readyz", &[]);
     assert_eq!(code, 200);
+}
+
+#[test]
+fn drain_wait_off_a_terminal_writes_a_line_when_the_count_changes_not_at_every_report() {
+    require_root();
+    let netns = TestNetns::create();
+    let dir = TempDir::create("wait-lines");
+    let socket = socket_arg(&dir);
+    let _server = echo_server(&netns, &[("127.0.0.1", 8000)]);
+    let _daemon = drainer_daemon(&netns, &["--port", "8000", "--control-socket", &socket]);
+    let mut held = connect_many(&netns, loopback(8000), 2);
+    let started = Instant::now();
+    let mut waiter = drainer_client_process(&["drain", "--wait", "--socket", &socket]);
+    waiter.wait_for("draining: 2 connections live", Duration::from_secs(10));
+    // Progress reports come every 500 ms: three seconds of them with nothing changed, twice.
+    thread::sleep(Duration::from_secs(3));
+    held.pop();
+    waiter.wait_for("draining: 1 connections live", Duration::from_secs(10));
+    thread::sleep(Duration::from_secs(3));
+    drop(held);
+    let status = waiter.wait(Duration::from_secs(10));
+    let output = waiter.output();
+    assert!(status.success(), "{output}");
+    let lines: Vec<&str> = output
+        .lines()
+        .filter(|line| line.starts_with("draining:"))
+        .collect();
+    // One line per count, and a reminder at most every 10 s while a count lasts.
+    let allowed = 2 + started.elapsed().as_secs() / 10;
+    assert!(
+        lines.len() as u64 <= allowed,
+        "{} progress lines in {:.1} s, at most {allowed} expected:\n{output}",
+        lines.len(),
+        started.elapsed().as_secs_f64()
+    );
 }
