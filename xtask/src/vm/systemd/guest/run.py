@@ -273,29 +273,37 @@ def server_command(python_args=""):
     return f"/usr/bin/python3 {SHARE}/guest/ws_server.py --port {PORT}{python_args}"
 
 
-def journal_checks(c, unit, since, runs_drainer):
+def journal_checks(c, unit, since, runs_drainer, stops_with_drain_wait=False):
     """For a unit whose main process is drainer: READY, the STATUS= progress and
     EXTEND_TIMEOUT_USEC as PID 1 received them (it logs each notification at debug level), and
-    drainer's release. For every unit: no stop timeout, no kill."""
+    drainer's release. For a unit whose ExecStop is `drainer drain --wait`: its stop timeout
+    extended, and renewed before the first window ran out (the hold outlasts the renewal). For
+    every unit: no stop timeout, no kill."""
     lines = journal(unit, since)
     killed = [l for l in lines if "timed out" in l.lower() or "Killing process" in l]
     c.check(f"{unit}: not timed out or killed", not killed, killed[0] if killed else "neither")
     c.evidence(f"journal of {unit}",
                [l for l in lines if "Got notification" in l or "drainer" in l or "ws_server" in l
                 or "Stopp" in l or "Start" in l or "timed out" in l or "Killing" in l][:40])
+    notes = [l for l in lines if "Got notification message" in l]
+    extend = [l for l in notes if "EXTEND_TIMEOUT_USEC=" in l]
+    if stops_with_drain_wait:
+        c.check(f"{unit}: drain --wait extended its stop timeout, then renewed it",
+                len(extend) >= 2, extend_summary(extend))
     if not runs_drainer:
         return
-    notes = [l for l in lines if "Got notification message" in l]
     ready = [l for l in notes if "READY=1" in l]
     draining = [l for l in notes if "STATUS=draining" in l]
-    extend = [l for l in notes if "EXTEND_TIMEOUT_USEC=" in l]
     release = [l for l in lines if "releasing" in l or "drained" in l]
     c.check(f"{unit}: READY=1 in the journal", ready, ready[0] if ready else "none")
     c.check(f"{unit}: STATUS= progress in the journal", draining,
             f"{len(draining)} STATUS=draining notification(s)")
     c.check(f"{unit}: drainer's release in the journal", release, release[-1] if release else "none")
-    c.check(f"{unit}: EXTEND_TIMEOUT_USEC in the journal", extend,
-            f"{len(extend)} notification(s): "
+    c.check(f"{unit}: EXTEND_TIMEOUT_USEC in the journal", extend, extend_summary(extend))
+
+
+def extend_summary(extend):
+    return (f"{len(extend)} notification(s): "
             + ", ".join(l.split("EXTEND_TIMEOUT_USEC=")[1].split(",")[0].rstrip(")") for l in extend))
 
 
@@ -347,7 +355,8 @@ def systemd_scenario(c, plan, name, drainer):
         for unit in units:
             sh("systemctl", "stop", unit, check=False, timeout=budget)
     for unit in units:
-        journal_checks(c, unit, since, runs_drainer=unit == status_unit)
+        journal_checks(c, unit, since, runs_drainer=unit == status_unit,
+                       stops_with_drain_wait=name == "companion" and unit == stop_unit)
 
 
 APP_ROOTFS = "/srv/images/app-rootfs.tar"
