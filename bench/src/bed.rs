@@ -11,6 +11,8 @@ use drainer_harness::{
     drainer::drainer_command, netns::TestNetns, process::Process, tempdir::TempDir,
 };
 
+use crate::load;
+
 pub const PORT: u16 = 8000;
 
 pub struct Bed {
@@ -21,18 +23,12 @@ pub struct Bed {
 impl Bed {
     pub fn create(name: &str) -> Self {
         let netns = TestNetns::create();
-        // Client churn: a wide ephemeral range, and TIME_WAIT ports reused for new connections.
+        tune_for_clients(&netns);
         for (key, value) in [
-            ("net.ipv4.ip_local_port_range", "1024 65535"),
-            ("net.ipv4.tcp_tw_reuse", "1"),
             ("net.core.somaxconn", "65535"),
             ("net.ipv4.tcp_max_syn_backlog", "65535"),
         ] {
-            let status = netns
-                .command("sysctl")
-                .args(["-q", "-w", &format!("{key}={value}")])
-                .status();
-            assert!(status.is_ok_and(|s| s.success()), "sysctl {key}");
+            sysctl(&netns, key, value);
         }
         Self {
             netns,
@@ -103,8 +99,7 @@ impl Bed {
 
 /// Clients in a namespace of their own, joined to a bed's by a veth pair, as a real server's
 /// clients are elsewhere: the bed's namespace then holds only the server's side of each
-/// connection, as a pod's does. Each source address ([`client_source`]) adds a full ephemeral
-/// port range.
+/// connection, as a pod's does. Its source addresses are [`CLIENT_SIDE_NET`]'s.
 pub struct ClientSide {
     pub netns: TestNetns,
     /// The server's address on the pair, for the clients to connect to.
@@ -115,27 +110,21 @@ impl ClientSide {
     pub fn create(bed: &Bed, sources: usize) -> Self {
         let netns = TestNetns::create();
         bed.netns.link_to(&netns);
-        for (key, value) in [
-            ("net.ipv4.ip_local_port_range", "1024 65535"),
-            ("net.ipv4.tcp_tw_reuse", "1"),
-        ] {
-            run(netns
-                .command("sysctl")
-                .args(["-q", "-w", &format!("{key}={value}")]));
-        }
+        tune_for_clients(&netns);
         for index in 0..sources {
-            run(netns.command("ip").args([
-                "addr",
-                "add",
-                &format!("{}/32", client_source(index)),
-                "dev",
-                "veth0",
-            ]));
+            let source = load::source_in(CLIENT_SIDE_NET, index);
+            run(netns
+                .command("ip")
+                .args(["addr", "add", &format!("{source}/32"), "dev", "veth0"]));
         }
-        run(bed
-            .netns
-            .command("ip")
-            .args(["route", "add", "10.201.0.0/16", "dev", "veth0"]));
+        let [a, b] = CLIENT_SIDE_NET;
+        run(bed.netns.command("ip").args([
+            "route",
+            "add",
+            &format!("{a}.{b}.0.0/16"),
+            "dev",
+            "veth0",
+        ]));
         Self {
             netns,
             server: [10, 200, 0, 1].into(),
@@ -143,14 +132,23 @@ impl ClientSide {
     }
 }
 
-/// Source addresses of a [`ClientSide`]: 10.201.0.2, 10.201.0.3, …
-pub fn client_source(index: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(
-        10,
-        201,
-        (index / 250) as u8,
-        (2 + index % 250) as u8,
-    ))
+/// The /16 a [`ClientSide`]'s source addresses come from ([`load::source_in`]).
+pub const CLIENT_SIDE_NET: [u8; 2] = [10, 201];
+
+/// Client churn: a wide ephemeral range, and TIME_WAIT ports reused for new connections.
+fn tune_for_clients(netns: &TestNetns) {
+    for (key, value) in [
+        ("net.ipv4.ip_local_port_range", "1024 65535"),
+        ("net.ipv4.tcp_tw_reuse", "1"),
+    ] {
+        sysctl(netns, key, value);
+    }
+}
+
+fn sysctl(netns: &TestNetns, key: &str, value: &str) {
+    run(netns
+        .command("sysctl")
+        .args(["-q", "-w", &format!("{key}={value}")]));
 }
 
 /// Namespaces beside a bed's on the same host, each for a serving drainer of its own: the

@@ -9,11 +9,16 @@ use std::{
 
 use crate::roles::connect_from;
 
-/// Client source addresses 127.0.0.2, 127.0.0.3, …: each adds a full ephemeral port range.
+/// Client source addresses 127.0.2.2, 127.0.2.3, …: each adds a full ephemeral port range.
 pub fn source(index: usize) -> IpAddr {
+    source_in([127, 0], index)
+}
+
+/// The `index`th client source address in the /16 `net`: net.2.2, net.2.3, … net.2.251, net.3.2, …
+pub fn source_in(net: [u8; 2], index: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(
-        127,
-        0,
+        net[0],
+        net[1],
         (2 + index / 250) as u8,
         (2 + index % 250) as u8,
     ))

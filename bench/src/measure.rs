@@ -130,17 +130,13 @@ fn balanced_orders(n: usize) -> Vec<Vec<usize>> {
                 if k % 2 == 1 {
                     (row + step) % n
                 } else {
-                    (row + n - step % n) % n
+                    (row + n - step) % n
                 }
             })
             .collect();
-        if n % 2 == 1 {
-            let reversed = order.iter().rev().copied().collect();
-            orders.push(order);
-            orders.push(reversed);
-        } else {
-            orders.push(order);
-        }
+        let reversed = (n % 2 == 1).then(|| order.iter().rev().copied().collect());
+        orders.push(order);
+        orders.extend(reversed);
     }
     orders
 }

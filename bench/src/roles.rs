@@ -93,7 +93,7 @@ pub fn hold_clients(to: SocketAddr, count: usize, first_source: usize) -> Result
     raise_fd_limit();
     let mut held = Vec::with_capacity(count);
     for i in 0..count {
-        let source = crate::bed::client_source(first_source + i / 50_000);
+        let source = crate::load::source_in(crate::bed::CLIENT_SIDE_NET, first_source + i / 50_000);
         // A SYN dropped at a momentarily full queue costs a retransmission, not the run.
         let stream = loop {
             match connect_from(source, to) {
