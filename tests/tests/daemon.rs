@@ -1,5 +1,6 @@
 //! `drainer daemon`: the Kubernetes pod rehearsal, /metrics against `drainer status`, the control
-//! socket's access checks and its answers to malformed requests, `drain --wait` exit codes and progress lines.
+//! socket's access checks and its answers to malformed requests, `drain --wait` exit codes and
+//! progress lines.
 use std::{
     io::{ErrorKind, Read as _, Write as _},
     net::{Shutdown, SocketAddr},

@@ -53,8 +53,8 @@ pub fn as_nobody(command: &mut Command, descriptors: u64) -> &mut Command {
 
 /// tests/python/idle_flood.py as nobody in `netns`: `count` idle connections to the Unix socket
 /// `unix` and as many to `tcp`, each replaced when the server closes it. Returns once `count` to
-/// each have been opened (some may have been answered by then). It runs on the system python3, which nobody can execute
-/// (the test virtualenv lives under root's home).
+/// each have been opened (some may have been answered by then). It runs on the system python3,
+/// which nobody can execute (the test virtualenv lives under root's home).
 pub fn idle_flood(
     netns: &TestNetns,
     count: usize,
