@@ -4,7 +4,7 @@ use std::{ffi::OsString, net::SocketAddr, path::PathBuf, str::FromStr as _, time
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use nix::sys::signal::Signal;
 
-use crate::daemon::check_pid;
+use crate::{engine::policy::DrainSettings, system::pidfd::check_pid};
 
 /// Where `drainer daemon` listens and the clients connect, unless told otherwise.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/drainer/drainer.sock";
@@ -88,10 +88,19 @@ pub struct DrainFlags {
 }
 
 impl DrainFlags {
+    /// The drain these flags configure.
+    pub fn settings(&self) -> DrainSettings {
+        DrainSettings {
+            timeout: self.drain_timeout,
+            accept_for: self.accept_for,
+            release_when_idle: self.release_when_idle,
+        }
+    }
+
     /// The checks clap cannot make on one flag alone.
     pub fn check(&self) -> Result<(), String> {
         // The rule is the policy's; the message names the flags.
-        if crate::engine::settings(self).check().is_err() {
+        if self.settings().check().is_err() {
             return Err(format!(
                 "--accept-for {} leaves no time to drain before --drain-timeout {}: make the \
                  accept window shorter than the deadline",

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => supervisor::run(RunOptions {
             ports: args.ports,
-            drain: args.drain,
+            drain: args.drain.settings(),
             kill_after: args.kill_after,
             user: args.user,
             group: args.group,
@@ -34,7 +34,7 @@ fn main() -> ExitCode {
                         release_target,
                         ports: args.ports,
                         netns: args.netns,
-                        drain: args.drain,
+                        drain: args.drain.settings(),
                         control_socket: args.control_socket,
                         allowed: Allowed {
                             uids: args.allow_uids,

@@ -32,20 +32,16 @@ use nix::sys::signal::Signal;
 use tokio::{sync::mpsc, time::sleep};
 use tracing::{error, info, warn};
 
-pub use self::{
-    access::Allowed,
-    release_target::{ReleaseTarget, check_pid},
-};
+pub use self::{access::Allowed, release_target::ReleaseTarget};
 use self::{
     connections::Slots,
     http::Http,
     requests::{Command, Commands},
 };
 use crate::{
-    cli::DrainFlags,
     engine::{
-        self, Action, Engine, EngineInput,
-        policy::{Drain, Phase, ReleaseReason, Trigger},
+        Action, Engine, EngineInput,
+        policy::{Drain, DrainSettings, Phase, ReleaseReason, Trigger},
     },
     event_loop::{EventLoop, Input},
     kernel::{Kernel, Netns, Target},
@@ -57,7 +53,8 @@ use crate::{
 pub struct DaemonOptions {
     pub ports: Vec<u16>,
     pub netns: Option<PathBuf>,
-    pub drain: DrainFlags,
+    /// How a drain runs when a request says nothing else (checked by the command line).
+    pub drain: DrainSettings,
     pub control_socket: PathBuf,
     pub allowed: Allowed,
     pub http: Option<SocketAddr>,
@@ -91,11 +88,7 @@ pub fn daemon(options: DaemonOptions) -> Result<i32> {
         netns: &netns,
         privileges: &needed,
     })?;
-    let engine = Engine::new(
-        kernel,
-        Drain::new(engine::settings(&options.drain), None),
-        Duration::ZERO,
-    );
+    let engine = Engine::new(kernel, Drain::new(options.drain, None), Duration::ZERO);
     tokio_uring::start(serve(engine, options, token, needed))
 }
 

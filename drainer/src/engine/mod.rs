@@ -23,7 +23,6 @@ use self::{
     progress::Progress,
 };
 use crate::{
-    cli::DrainFlags,
     kernel::{Count, Counts, Idleness, Kernel, TableSocket},
     system::systemd::Systemd,
 };
@@ -57,15 +56,6 @@ pub enum Action {
     },
     Forward(Signal),
     Kill,
-}
-
-/// The configured drain settings (checked by the command line).
-pub fn settings(flags: &DrainFlags) -> DrainSettings {
-    DrainSettings {
-        timeout: flags.drain_timeout,
-        accept_for: flags.accept_for,
-        release_when_idle: flags.release_when_idle,
-    }
 }
 
 /// A drain request's own settings; what it leaves out comes from the configured ones.

@@ -22,10 +22,9 @@ use self::{
     privileges::{ChildPrivileges, Identity},
 };
 use crate::{
-    cli::DrainFlags,
     engine::{
-        self, Action, Engine,
-        policy::{Drain, Phase, Trigger},
+        Action, Engine,
+        policy::{Drain, DrainSettings, Phase, Trigger},
     },
     event_loop::{EventLoop, Input, watch},
     kernel::{Kernel, Netns, Target},
@@ -37,7 +36,8 @@ use crate::{
 
 pub struct RunOptions {
     pub ports: Vec<u16>,
-    pub drain: DrainFlags,
+    /// How a drain runs (checked by the command line).
+    pub drain: DrainSettings,
     pub kill_after: Duration,
     /// Run the server as this user (and group) rather than drainer's own.
     pub user: Option<String>,
@@ -76,7 +76,7 @@ pub fn run(options: RunOptions) -> Result<i32> {
         netns: &netns,
         privileges: &ATTACH_PRIVILEGES,
     })?;
-    let drain = Drain::new(engine::settings(&options.drain), Some(options.kill_after));
+    let drain = Drain::new(options.drain, Some(options.kill_after));
     let engine = Engine::new(kernel, drain, options.kill_after);
     tokio_uring::start(supervise(engine, options, privileges))
 }

@@ -12,6 +12,18 @@ pub struct Process {
     fd: OwnedFd,
 }
 
+/// Refuses the pids that are not one process other than init: signalled, 0 and below reach a
+/// process group or every process.
+pub fn check_pid(pid: i32) -> Result<i32, String> {
+    match pid {
+        2.. => Ok(pid),
+        1 => Err("pid 1 is init: drainer never signals it; give the server's pid".to_owned()),
+        _ => Err(format!(
+            "a pid must be greater than 1 ({pid} would signal a process group or every process)"
+        )),
+    }
+}
+
 /// pidfd_open(2): a descriptor for the process `pid` names now, readable once it has exited.
 pub fn open(pid: i32) -> Result<OwnedFd, Errno> {
     // libc: nix (0.30) has no pidfd_open, and std's PidFd is unstable (linux_pidfd).
@@ -77,6 +89,14 @@ mod tests {
     use std::process::Command;
 
     use super::*;
+
+    #[test]
+    fn only_pids_above_1_name_one_process() {
+        assert_eq!(check_pid(2), Ok(2));
+        for pid in [1, 0, -1, -42, i32::MIN] {
+            assert!(check_pid(pid).is_err(), "{pid} accepted");
+        }
+    }
 
     #[test]
     fn a_reaped_process_is_gone_not_an_error() {

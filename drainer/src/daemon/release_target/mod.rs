@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, anyhow};
 use nix::sys::signal::Signal;
 use tracing::info;
 
-use crate::system::pidfd::Process;
+use crate::system::pidfd::{Process, check_pid};
 
 pub enum ReleaseTarget {
     /// Opened when drainer starts: if it exits, the release signals nobody.
@@ -62,17 +62,6 @@ impl fmt::Display for Delivery {
             write!(f, ", {} could not be signalled", self.failed)?;
         }
         Ok(())
-    }
-}
-
-/// Refuses the pids that are not one process other than init.
-pub fn check_pid(pid: i32) -> Result<i32, String> {
-    match pid {
-        2.. => Ok(pid),
-        1 => Err("pid 1 is init: drainer never signals it; give the server's pid".to_owned()),
-        _ => Err(format!(
-            "a pid must be greater than 1 ({pid} would signal a process group or every process)"
-        )),
     }
 }
 
@@ -142,19 +131,6 @@ impl fmt::Display for ReleaseTarget {
             Self::Pid(process) => write!(f, "--release-pid {}", process.pid()),
             Self::PidFile(path) => write!(f, "--release-pidfile {}", path.display()),
             Self::Cgroup(dir) => write!(f, "--release-cgroup {}", dir.display()),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_pids_above_1_name_one_process() {
-        assert_eq!(check_pid(2), Ok(2));
-        for pid in [1, 0, -1, -42, i32::MIN] {
-            assert!(check_pid(pid).is_err(), "{pid} accepted");
         }
     }
 }

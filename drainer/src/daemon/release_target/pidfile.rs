@@ -16,9 +16,9 @@ use nix::{
     time::{ClockId, clock_gettime},
 };
 
-use super::{Delivery, check_pid};
+use super::Delivery;
 use crate::system::{
-    pidfd::Process,
+    pidfd::{Process, check_pid},
     trusted_file::{self, Trust},
 };
 
