@@ -4,15 +4,21 @@ use std::{
     ffi::CString,
     io,
     os::unix::process::CommandExt as _,
+    path::Path,
     process::{Command, Output},
 };
 
 use drainer_harness::{
     drainer::drainer_command, drainer_bin, netns::TestNetns, old_kernel, require_root,
+    tempdir::TempDir,
 };
 
 fn drainer(args: &[&str]) -> Command {
-    let mut command = Command::new(drainer_bin());
+    drainer_at(&drainer_bin(), args)
+}
+
+fn drainer_at(binary: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(binary);
     command.args(args).env("DRAINER_LOG", "info");
     command
 }
@@ -68,7 +74,12 @@ fn malformed_command_lines_are_rejected_with_usage_errors() {
 #[test]
 fn an_unprivileged_user_is_told_which_capabilities_are_missing() {
     require_root();
-    let mut command = drainer(&["run", "--port", "8000", "--", "true"]);
+    // From a copy nobody can reach, wherever the clone lives.
+    let dir = TempDir::create("unprivileged");
+    let mut command = drainer_at(
+        &dir.drainer_copy(),
+        &["run", "--port", "8000", "--", "true"],
+    );
     command.uid(65534).gid(65534);
     let (code, stderr) = run(command);
     assert_eq!(code, 1, "{stderr}");

@@ -248,8 +248,10 @@ fn the_control_socket_refuses_users_not_allowed() {
     let socket = socket_arg(&dir);
     let daemon = drainer_daemon(&netns, &["--port", "8000", "--control-socket", &socket]);
 
+    // The client as nobody runs from a copy nobody can reach, wherever the clone lives.
+    let client = dir.drainer_copy();
     let as_nobody = |args: &[&str]| {
-        let output = Command::new(drainer_bin())
+        let output = Command::new(&client)
             .args(args)
             .uid(65534)
             .gid(65534)

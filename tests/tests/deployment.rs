@@ -244,11 +244,12 @@ fn pod_rehearsal_prestop_exec_as_the_app_user_drains_through_the_shared_socket()
     assert_eq!(http_request(http(), "POST", "/drain", &[]).0, 403);
     assert_eq!(status_json(socket.as_ref())["state"], "serving");
 
-    // The kubelet runs the preStop in the app container, as the app's user.
+    // The kubelet runs the preStop in the app container, as the app's user, who may not reach
+    // the clone: a copy in the shared directory, as the image would hold one.
     let mut prestop = Command::new("setpriv");
     prestop
         .args(["--reuid", APP_UID, "--regid", APP_UID, "--clear-groups"])
-        .arg(drainer_bin())
+        .arg(dir.drainer_copy())
         .args(["drain", "--wait", "--socket", socket]);
     let mut prestop = Process::spawn("preStop", prestop);
     wait_for_status(

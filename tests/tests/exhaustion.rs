@@ -20,7 +20,7 @@ use drainer_harness::{
     process::Process,
     require_root,
     servers::{echo_server, signal_server},
-    tempdir::TempDir,
+    tempdir::{SYSTEM_PYTHON, TempDir},
 };
 use nix::sys::signal::Signal;
 
@@ -112,7 +112,7 @@ fn idle_connections_by_the_thousand_from_an_unprivileged_user_do_not_stop_the_re
         Duration::from_secs(20),
     );
 
-    let mut flood = idle_flood(&netns, FLOOD, &socket, loopback(9090));
+    let mut flood = idle_flood(&netns, &dir, FLOOD, &socket, loopback(9090));
     // The flood runs a while: refused control connections are replaced as fast as drainer
     // closes them, and the HTTP slots fill up with heads that never come, twice over (a head
     // gets 5 s), while the connections drainer answered stay open on the flood's side.
@@ -198,7 +198,7 @@ fn a_refused_user_is_answered_at_once_without_being_read() {
         DESCRIPTORS,
     );
     // Connects, sends nothing, and times how long the answer takes.
-    let mut command = Command::new("/usr/bin/python3");
+    let mut command = Command::new(SYSTEM_PYTHON);
     command.args([
         "-c",
         "import socket, sys, time\n\

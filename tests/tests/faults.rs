@@ -12,9 +12,9 @@ use drainer_harness::{
     },
     netns::TestNetns,
     process::Process,
-    python, require_root, script,
+    require_root,
     servers::{echo_server, echo_server_command},
-    tempdir::TempDir,
+    tempdir::{SYSTEM_PYTHON, TempDir},
 };
 use nix::{
     sys::signal::{Signal, kill, killpg},
@@ -216,13 +216,15 @@ fn outbound_connections_another_user_makes_from_the_guarded_port_neither_blind_n
             )
         })
         .expect("raising net.core.somaxconn in the test namespace");
+    // Run by nobody, who may not reach the clone or the test virtualenv.
+    let flood_script = dir.script_copy("outbound_flood.py");
     let floods: Vec<Process> = (0..FLOOD_PROCESSES)
         .map(|k| {
             let mut command = netns.command("setpriv");
             command
                 .args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups"])
-                .arg(python())
-                .arg(script("outbound_flood.py"))
+                .arg(SYSTEM_PYTHON)
+                .arg(&flood_script)
                 .args([
                     "8000".to_owned(),
                     (9000 + k).to_string(),

@@ -2,7 +2,11 @@
 //! user (nobody, uid 65534) holding idle connections open against its listeners.
 use std::{io, os::unix::process::CommandExt as _, path::Path, process::Command, time::Duration};
 
-use crate::{netns::TestNetns, process::Process, script};
+use crate::{
+    netns::TestNetns,
+    process::Process,
+    tempdir::{SYSTEM_PYTHON, TempDir},
+};
 
 /// The user the flood runs as.
 pub const NOBODY: u32 = 65534;
@@ -53,17 +57,18 @@ pub fn as_nobody(command: &mut Command, descriptors: u64) -> &mut Command {
 
 /// tests/python/idle_flood.py as nobody in `netns`: `count` idle connections to the Unix socket
 /// `unix` and as many to `tcp`, each replaced when the server closes it. Returns once `count` to
-/// each have been opened (some may have been answered by then). It runs on the system python3,
-/// which nobody can execute (the test virtualenv lives under root's home).
+/// each have been opened (some may have been answered by then). The script runs from a copy in
+/// `dir`, on the system python3: nobody may be unable to reach the clone or the test virtualenv.
 pub fn idle_flood(
     netns: &TestNetns,
+    dir: &TempDir,
     count: usize,
     unix: &Path,
     tcp: std::net::SocketAddr,
 ) -> Process {
-    let mut command = netns.command("/usr/bin/python3");
+    let mut command = netns.command(SYSTEM_PYTHON);
     command
-        .arg(script("idle_flood.py"))
+        .arg(dir.script_copy("idle_flood.py"))
         .arg(count.to_string())
         .arg(unix)
         .arg(tcp.ip().to_string())
