@@ -37,8 +37,10 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
-    /// Build, then run drainer as root with the given arguments.
-    Run {
+    /// Build, then run drainer as root with the given arguments: `./x drainer run --port 8000 --
+    /// SERVER...`.
+    #[command(alias = "run")]
+    Drainer {
         #[arg(long)]
         release: bool,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
@@ -53,6 +55,9 @@ enum Command {
     Test,
     /// Formatting and clippy.
     Lint,
+    /// Install the Debian packages the tests run (`test` does this first), enabling and starting
+    /// none of their services.
+    Packages,
     /// The soak test at full size: 100 drains of 1,000 live WebSocket sessions each, with 500
     /// refused connections a second (about 15 minutes). `test` runs a quick pass of it.
     Soak,
@@ -90,9 +95,10 @@ enum Command {
     },
     /// The deployment examples for real: a VM booting Debian with systemd (qemu, software
     /// emulation) runs deploy/systemd's units and deploy/kubernetes's pod under podman, holds live
-    /// sessions across each stop and checks what the documentation promises.
+    /// sessions across each stop and checks what the documentation promises; and runs `packages`
+    /// there, checking that it enables and starts no service.
     VmDeploy {
-        /// Only this scenario (repeatable): wrapper, companion, pod.
+        /// Only this scenario (repeatable): packages, wrapper, companion, pod, kube-play.
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
     },
@@ -112,13 +118,14 @@ fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Setup => toolchain::ensure_ebpf_toolchain(),
         Command::Build { release } => build(release).map(drop),
-        Command::Run { release, args } => {
+        Command::Drainer { release, args } => {
             let binary = build(release)?;
             system::exec_as_root(&binary, &args)
         }
         Command::Dist => dist::dist().map(drop),
         Command::Test => test(),
         Command::Lint => lint(),
+        Command::Packages => test_packages(),
         Command::Soak => soak(),
         Command::Bench { quick, only } => bench(quick, only.as_deref()),
         Command::Fuzz { seconds } => fuzz::fuzz(seconds),
@@ -173,20 +180,32 @@ fn lint() -> Result<()> {
     toolchain::clippy_ebpf()
 }
 
+/// The programs the integration tests run, each with the Debian package that has it.
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    // Namespaces, addresses and routes of every test.
+    ("ip", "iproute2"),
+    // `systemd-analyze verify` of the example units (tests/tests/deployment.rs).
+    ("systemd-analyze", "systemd"),
+    // The balancers and the service VIP of tests/tests/load_balancers.rs and
+    // endpoint_updates.rs.
+    ("haproxy", "haproxy"),
+    ("nginx", "nginx-light"),
+    ("nft", "nftables"),
+    // The BPF links and program run counts of tests/tests/serving_cost.rs.
+    ("bpftool", "bpftool"),
+];
+
+fn test_packages() -> Result<()> {
+    if !system::is_root() {
+        anyhow::bail!("apt-get installs packages as root: run `sudo ./x packages`");
+    }
+    system::ensure_packages(TEST_PACKAGES)
+}
+
 /// Checks for root and installs what the integration tests run; returns the virtualenv's python.
 fn integration_prerequisites(command: &str) -> Result<PathBuf> {
     system::require_root("the integration tests", command)?;
-    system::ensure_packages(&[
-        ("ip", "iproute2"),
-        ("systemd-analyze", "systemd"),
-        // The balancers and the service VIP of tests/tests/load_balancers.rs and
-        // endpoint_updates.rs.
-        ("haproxy", "haproxy"),
-        ("nginx", "nginx-light"),
-        ("nft", "nftables"),
-        // The BPF links and program run counts of tests/tests/serving_cost.rs.
-        ("bpftool", "bpftool"),
-    ])?;
+    system::ensure_packages(TEST_PACKAGES)?;
     python::ensure_venv()
 }
 

@@ -2,6 +2,7 @@
 use std::{
     env,
     ffi::OsString,
+    fs,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::Command,
@@ -73,6 +74,9 @@ pub fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
     install_debian_packages(&missing)
 }
 
+/// Installs `packages` with apt-get, enabling and starting none of the services they bring: the
+/// tests start their own nginx and HAProxy in namespaces of their own, and the machine goes on
+/// serving what it served before.
 pub fn install_debian_packages(packages: &[&str]) -> Result<()> {
     if !on_path("apt-get") {
         bail!(
@@ -81,10 +85,57 @@ pub fn install_debian_packages(packages: &[&str]) -> Result<()> {
         );
     }
     run(Command::new("apt-get").arg("update").arg("-q"))?;
+    let _preset = NoNewServices::hold()?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// Where systemd reads presets that last until the next boot.
+const RUNTIME_PRESETS: &str = "/run/systemd/system-preset";
+/// Sorted before the distribution's own presets: the first file that names a unit decides.
+const PRESET_FILE: &str = "00-drainer-xtask.preset";
+
+/// While held, a systemd preset disables every unit installed for the first time. Debian's
+/// maintainer scripts enable a new unit through `systemctl preset` (deb-systemd-helper) and start
+/// only units that are enabled (deb-systemd-invoke), so a unit the preset disables is neither
+/// enabled nor started. A unit installed before keeps its state: presets apply only to a unit's
+/// first installation. In /run, a preset left by an interrupted run ends at the next boot.
+struct NoNewServices {
+    file: PathBuf,
+    /// The directories it created, deepest first, removed with it.
+    created: Vec<PathBuf>,
+}
+
+impl NoNewServices {
+    fn hold() -> Result<Self> {
+        let dir = Path::new(RUNTIME_PRESETS);
+        let created: Vec<PathBuf> = dir
+            .ancestors()
+            .take_while(|ancestor| !ancestor.exists())
+            .map(Path::to_path_buf)
+            .collect();
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let file = dir.join(PRESET_FILE);
+        fs::write(
+            &file,
+            "# cargo xtask: packages installed for drainer's tests start and enable no service.
+             disable *
+",
+        )
+        .with_context(|| format!("writing {}", file.display()))?;
+        Ok(Self { file, created })
+    }
+}
+
+impl Drop for NoNewServices {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.file);
+        for dir in &self.created {
+            let _ = fs::remove_dir(dir);
+        }
+    }
 }
 
 /// Replaces xtask with `binary args`, run as root: directly when already root, through sudo

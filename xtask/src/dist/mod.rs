@@ -19,7 +19,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use nix::{sys::signal, unistd::Pid};
 use serde_json::Value;
 
-mod static_binary;
+pub(crate) mod static_binary;
 
 use crate::{
     cmd::{self, output, run, workspace_root},

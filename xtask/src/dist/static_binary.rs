@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// The Rust target of the shipped binary.
-const TARGET: &str = "x86_64-unknown-linux-musl";
+pub(crate) const TARGET: &str = "x86_64-unknown-linux-musl";
 
 /// The release the fix is written for, and the fix: in each file, each assignment as released
 /// and as patched.
@@ -83,7 +83,7 @@ pub(super) fn build(work: &Path, dest: &Path) -> Result<()> {
 
 /// Adds the standard library for musl to the toolchain cargo builds with (rust-toolchain.toml
 /// pins it) unless it is there.
-fn ensure_rust_target() -> Result<()> {
+pub(crate) fn ensure_rust_target() -> Result<()> {
     let rustup = || {
         let mut rustup = Command::new("rustup");
         rustup.current_dir(workspace_root());

@@ -23,7 +23,7 @@ use crate::{
 
 /// Raise to rebuild the image when something about it changes that the key cannot see (the way
 /// it is built).
-const IMAGE_VERSION: u32 = 1;
+const IMAGE_VERSION: u32 = 2;
 const SUITE: &str = "bookworm";
 
 /// The guest: systemd as PID 1, a kernel with its initramfs (virtio drivers are modules), the
@@ -56,6 +56,11 @@ const PACKAGES: &[&str] = &[
 /// The app container's root filesystem (podman imports it in the guest): the WebSocket server's
 /// interpreter and library, from the same archive.
 const APP_PACKAGES: &[&str] = &["python3", "python3-websockets"];
+
+/// Where the guest finds the packages `cargo xtask packages` installs, and their dependencies, as
+/// a local apt repository: the guest has no network, and the packages scenario runs that step
+/// there as a user's machine would.
+pub(super) const PACKAGES_IN_GUEST: &str = "/srv/packages";
 
 /// Where the guest finds the app container's root filesystem, as a tar archive.
 pub(super) const APP_ROOTFS_IN_GUEST: &str = "/srv/images/app-rootfs.tar";
@@ -107,6 +112,8 @@ fn key() -> String {
         PACKAGES,
         APP_PACKAGES,
         APP_ROOTFS_IN_GUEST,
+        crate::TEST_PACKAGES,
+        PACKAGES_IN_GUEST,
         RUN_UNIT,
         FSTAB,
         MASKED,
@@ -122,6 +129,7 @@ pub(super) fn ensure() -> Result<Image> {
         ("mmdebstrap", "mmdebstrap"),
         ("mkfs.ext4", "e2fsprogs"),
         ("qemu-img", "qemu-utils"),
+        ("apt-ftparchive", "apt-utils"),
     ])?;
     let name = format!("{SUITE}-{}", key());
     let dir = system::cache_dir()?.join("vm-deploy").join(&name);
@@ -168,12 +176,27 @@ fn build(dir: &Path) -> Result<()> {
     }
     let root = dir.join("root");
     fs::create_dir_all(dir)?;
+    let repository = format!("\"$1\"{PACKAGES_IN_GUEST}");
+    let test_packages: Vec<&str> = crate::TEST_PACKAGES.iter().map(|(_, p)| *p).collect();
     run(Command::new("mmdebstrap")
         .args(["--variant=apt", "--quiet"])
         .arg(format!("--include={}", PACKAGES.join(",")))
+        // Downloaded with the image's own apt, against what the image holds: the packages and
+        // the dependencies the guest lacks, in a directory of their own.
+        .arg(format!("--customize-hook=mkdir -p {repository}/partial"))
+        .arg(format!(
+            "--customize-hook=APT_CONFIG=\"$MMDEBSTRAP_APT_CONFIG\" apt-get --yes --quiet \
+             --no-install-recommends --download-only -o Dir::Cache::Archives={repository}/ \
+             install {}",
+            test_packages.join(" ")
+        ))
+        .arg(format!(
+            "--customize-hook=rm -rf {repository}/partial {repository}/lock"
+        ))
         .arg(SUITE)
         .arg(&root))
     .context("building the guest's root filesystem from Debian's archive")?;
+    index_repository(&root.join(PACKAGES_IN_GUEST.trim_start_matches('/')))?;
     let images = root.join(APP_ROOTFS_IN_GUEST.trim_start_matches('/'));
     fs::create_dir_all(images.parent().context("the app archive's directory")?)?;
     run(Command::new("mmdebstrap")
@@ -199,6 +222,20 @@ fn build(dir: &Path) -> Result<()> {
         .arg(dir.join("root.ext4"))
         .arg(format!("{}M", used_mib + used_mib / 4 + FREE_SPACE_MIB)))?;
     fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))
+}
+
+/// Makes the downloaded packages in `dir` a flat apt repository (`deb [trusted=yes] file:DIR ./`).
+fn index_repository(dir: &Path) -> Result<()> {
+    for (index, what) in [("Packages", "packages"), ("Release", "release")] {
+        let text = output(
+            Command::new("apt-ftparchive")
+                .args([what, "."])
+                .current_dir(dir),
+        )
+        .with_context(|| format!("indexing the packages in {}", dir.display()))?;
+        fs::write(dir.join(index), text)?;
+    }
+    Ok(())
 }
 
 /// The guest's own configuration: the share mounted, the run unit enabled, the rest masked.

@@ -21,7 +21,11 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result};
 
-use crate::{cmd, system};
+use crate::{
+    cmd::{self, cargo, run},
+    dist::static_binary,
+    system,
+};
 
 pub struct Options {
     /// Only these scenarios; all when empty.
@@ -98,9 +102,28 @@ fn artifacts() -> Result<scenarios::Artifacts> {
             .with_context(|| format!("{} has no UTF-8 file name", path.display()))?
             .to_owned())
     };
+    let xtask = guest_xtask()?;
     Ok(scenarios::Artifacts {
         deb: name(&dist.deb)?,
         oci: name(&dist.image_archive)?,
-        files: vec![dist.deb, dist.image_archive],
+        xtask: name(&xtask)?,
+        files: vec![dist.deb, dist.image_archive, xtask],
     })
+}
+
+/// `cargo xtask` itself, for the packages scenario to run its package step in the guest: static
+/// (musl), so it runs whatever C library the host's build would have needed.
+fn guest_xtask() -> Result<std::path::PathBuf> {
+    static_binary::ensure_rust_target()?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "xtask",
+        "--target",
+        static_binary::TARGET,
+    ]))?;
+    Ok(cmd::target_dir()?
+        .join(static_binary::TARGET)
+        .join("release/xtask"))
 }

@@ -28,6 +28,12 @@ const HOLD: Duration = Duration::from_secs(25);
 const TIMEOUT_STOP: Duration = Duration::from_secs(10);
 
 pub(super) const SCENARIOS: &[Scenario] = &[
+    // `cargo xtask packages`, the first step of `./x test`, on a machine that runs systemd: the
+    // services its packages bring are neither enabled nor started.
+    Scenario {
+        name: "packages",
+        hold: Duration::ZERO,
+    },
     // deploy/systemd/app-under-drainer.service: `drainer run` starts the server.
     Scenario {
         name: "wrapper",
@@ -62,6 +68,8 @@ pub(super) struct Artifacts {
     pub(super) deb: String,
     /// The OCI archive among them, which podman loads.
     pub(super) oci: String,
+    /// `cargo xtask` among them, built for the guest: the packages scenario runs its package step.
+    pub(super) xtask: String,
 }
 
 /// Fills `share` with what the guest's run reads; empties its `results/`.
@@ -97,6 +105,9 @@ pub(super) fn prepare(share: &Path, scenarios: &[&Scenario], artifacts: &Artifac
         "scenarios": scenarios.iter().map(|s| s.name).collect::<Vec<_>>(),
         "deb": artifacts.deb,
         "oci": artifacts.oci,
+        "xtask": artifacts.xtask,
+        "packages_repository": super::image::PACKAGES_IN_GUEST,
+        "test_packages": crate::TEST_PACKAGES.iter().map(|(program, package)| json!({"program": program, "package": package})).collect::<Vec<_>>(),
         "hold_s": HOLD.as_secs(),
         "timeout_stop_s": TIMEOUT_STOP.as_secs(),
         "budget_boots": BUDGET_BOOTS,

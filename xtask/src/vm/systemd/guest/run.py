@@ -14,6 +14,7 @@ longer, never a fixed deadline tuned to pass. The sessions' lengths are the scen
 parameters, not waits.
 """
 import asyncio
+import glob
 import json
 import os
 import shutil
@@ -254,6 +255,77 @@ def install_drainer(c, plan):
     c.check("the .deb installs with apt", path,
             f"{plan['deb']}: {sh('dpkg-query', '-W', 'drainer').strip()}, binary {path}")
     return path
+
+
+def unit_states(units):
+    """Each unit's `systemctl is-enabled` and `is-active` answers."""
+    def answer(*args):
+        done = subprocess.run(["systemctl", *args], capture_output=True, text=True)
+        return done.stdout.strip() or done.stderr.strip().splitlines()[-1]
+    return {unit: (answer("is-enabled", unit), answer("is-active", unit)) for unit in units}
+
+
+def unit_names(*args):
+    """The units `systemctl` lists with `args`, by name."""
+    lines = sh("systemctl", *args, "--no-legend", "--plain", "--no-pager").splitlines()
+    return {line.split()[0] for line in lines if line.strip()}
+
+
+def packages_scenario(c, plan):
+    """`cargo xtask packages`, the first step of `./x test`, on a machine that runs systemd: the
+    packages install, and the services they bring are neither enabled nor started, nor is anything
+    else. The guest has no network: apt reads the image's local repository of those packages."""
+    units = ["nginx.service", "haproxy.service", "nftables.service"]
+    before = unit_states(units)
+    enabled_before = unit_names("list-unit-files", "--state=enabled")
+    running_before = unit_names("list-units", "--state=active", "--type=service,socket,timer")
+    c.evidence("before the package step", [f"{u}: is-enabled {e}, is-active {a}"
+                                           for u, (e, a) in before.items()])
+
+    # The image's sources name Debian's archive, which the guest cannot reach: set aside.
+    sources = [path for path in ["/etc/apt/sources.list"] + glob.glob("/etc/apt/sources.list.d/*")
+               if os.path.isfile(path)]
+    for path in sources:
+        os.rename(path, path + ".vm-deploy")
+    local = "/etc/apt/sources.list.d/vm-deploy-packages.list"
+    with open(local, "w") as out:
+        out.write(f"deb [trusted=yes] file:{plan['packages_repository']} ./\n")
+    try:
+        started = time.monotonic()
+        done = subprocess.run([os.path.join(SHARE, "dist", plan["xtask"]), "packages"],
+                              capture_output=True, text=True, timeout=plan["budget_s"] * 4,
+                              env={**os.environ, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        took = time.monotonic() - started
+    finally:
+        os.remove(local)
+        for path in sources:
+            os.rename(path + ".vm-deploy", path)
+    c.evidence(f"cargo xtask packages: exit {done.returncode} after {took:.0f} s",
+               (done.stdout + done.stderr).strip().splitlines()[-12:])
+    c.check("the package step succeeds", done.returncode == 0, f"exit {done.returncode}")
+    missing = [p["program"] for p in plan["test_packages"] if not shutil.which(p["program"])]
+    c.check("every program the tests run is installed", not missing,
+            f"missing: {', '.join(missing)}" if missing
+            else ", ".join(p["program"] for p in plan["test_packages"]))
+
+    after = unit_states(units)
+    for unit in units:
+        enabled, active = after[unit]
+        c.check(f"{unit} is installed, not enabled and not running, as before",
+                enabled == "disabled" and active == before[unit][1] == "inactive",
+                f"before: {before[unit][0]}, {before[unit][1]}; after: {enabled}, {active}")
+    enabled_after = unit_names("list-unit-files", "--state=enabled")
+    running_after = unit_names("list-units", "--state=active", "--type=service,socket,timer")
+    c.check("no unit newly enabled, none disabled",
+            enabled_after == enabled_before,
+            f"newly enabled: {sorted(enabled_after - enabled_before) or 'none'}; "
+            f"no longer enabled: {sorted(enabled_before - enabled_after) or 'none'}")
+    c.check("no service, socket or timer newly running",
+            not running_after - running_before,
+            f"newly running: {sorted(running_after - running_before) or 'none'}")
+    leftovers = [path for path in ("/run/systemd/system-preset/00-drainer-xtask.preset",)
+                 if os.path.exists(path)]
+    c.check("the step removed its preset", not leftovers, ", ".join(leftovers) or "none left")
 
 
 # The example units as the .deb ships them (deploy/systemd with drainer's installed path).
@@ -626,7 +698,9 @@ def main():
     for name in plan["scenarios"] if drainer else []:
         c.start(name)
         try:
-            if name in ("wrapper", "companion"):
+            if name == "packages":
+                packages_scenario(c, plan)
+            elif name in ("wrapper", "companion"):
                 systemd_scenario(c, plan, name, drainer)
             elif name == "pod":
                 pod_scenario(c, plan)
