@@ -7,13 +7,20 @@ mod measure;
 mod report;
 mod roles;
 mod stats;
+mod verdict;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::{bed::Bed, measure::Variant, report::Row};
+use crate::{
+    bed::Bed,
+    measure::Variant,
+    report::{Bar, Row},
+    stats::MeanInterval,
+    verdict::Verdict,
+};
 
 #[derive(Parser)]
 struct Cli {
@@ -124,41 +131,55 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
     let mut rows = Vec::new();
 
     if wanted("rate") {
+        const GOAL: f64 = 0.99;
         eprintln!("bench: 1/7 new-connection rate");
         let rate = measure::connection_rate(&Bed::create("rate"), plan.rounds, plan.duration);
-        let drainer_rate = rate.ratio(Variant::Drainer);
-        let (low, high) = rate.ratio_spread(Variant::Drainer);
-        let (nft_low, nft_high) = rate.ratio_spread(Variant::Nftables);
+        let drainer = rate.ratio(Variant::Drainer);
+        let nftables = rate.ratio(Variant::Nftables);
         rows.push(Row {
             measurement: "1. new connections/s (connect, 16 B request, close)".into(),
             result: format!(
-                "drainer {:.0}/s = **{:.3}** × limit {:.0}/s (middle half of rounds \
-                 {low:.3}–{high:.3}); nftables REJECT rule {:.3} × limit ({nft_low:.3}–{nft_high:.3})",
-                rate.median(Variant::Drainer),
-                drainer_rate,
-                rate.median(Variant::Bare),
-                rate.ratio(Variant::Nftables)
+                "drainer **{:.3}** × limit per round (mean of {}; {}), {:.0}/s against {:.0}/s; \
+                 nftables REJECT rule {:.3} × limit ({})",
+                drainer.mean,
+                drainer.rounds,
+                interval(&drainer),
+                rate.mean(Variant::Drainer),
+                rate.mean(Variant::Bare),
+                nftables.mean,
+                interval(&nftables),
             ),
-            goal: "≥ 0.99 × limit".into(),
-            met: drainer_rate >= 0.99,
-            ratio: Some(("1. connection rate".into(), drainer_rate, 0.99)),
+            goal: format!("≥ {GOAL} × limit"),
+            verdict: Verdict::at_least(GOAL, &drainer),
+            bar: Some(Bar {
+                label: "1. connection rate".into(),
+                ratio: drainer,
+                goal: GOAL,
+            }),
         });
     }
     if wanted("throughput") {
+        const GOAL: f64 = 0.995;
         eprintln!("bench: 2/7 established throughput");
         let flow = measure::throughput(&Bed::create("throughput"), plan.rounds, plan.duration);
-        let flow_ratio = flow.ratio(Variant::Drainer);
+        let drainer = flow.ratio(Variant::Drainer);
         rows.push(Row {
             measurement: "2. established-flow throughput (4 streams)".into(),
             result: format!(
-                "drainer {:.2} GB/s = **{:.3}** × {:.2} GB/s without",
-                flow.median(Variant::Drainer) / 1e9,
-                flow_ratio,
-                flow.median(Variant::Bare) / 1e9
+                "drainer **{:.3}** × without per round (mean of {}; {}), {:.2} GB/s against {:.2} GB/s",
+                drainer.mean,
+                drainer.rounds,
+                interval(&drainer),
+                flow.mean(Variant::Drainer) / 1e9,
+                flow.mean(Variant::Bare) / 1e9
             ),
-            goal: "≥ 0.995".into(),
-            met: flow_ratio >= 0.995,
-            ratio: Some(("2. throughput".into(), flow_ratio, 0.995)),
+            goal: format!("≥ {GOAL}"),
+            verdict: Verdict::at_least(GOAL, &drainer),
+            bar: Some(Bar {
+                label: "2. throughput".into(),
+                ratio: drainer,
+                goal: GOAL,
+            }),
         });
     }
     if wanted("release") {
@@ -171,8 +192,8 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
             ours.p50, ours.p99, ours.max, peer.p50, peer.p99, peer.max
         ),
         goal: "p99 ≤ 1 ms".into(),
-        met: ours.p99 <= 1.0,
-        ratio: None,
+        verdict: Verdict::of(ours.p99 <= 1.0),
+        bar: None,
     });
     }
     if wanted("activation") {
@@ -188,8 +209,8 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
                 activation.p50, activation.p99, activation.max
             ),
             goal: "p99 ≤ 1 ms".into(),
-            met: activation.p99 <= 1.0,
-            ratio: None,
+            verdict: Verdict::of(activation.p99 <= 1.0),
+            bar: None,
         });
     }
     for &connections in plan.scale.iter().filter(|_| wanted("scale")) {
@@ -206,8 +227,8 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
                 measurement: format!("5. {connections} concurrent connections"),
                 result: format!("skipped: needs about {} GiB of free memory", needed >> 30),
                 goal: goal.into(),
-                met: false,
-                ratio: None,
+                verdict: Verdict::NotMet,
+                bar: None,
             });
             continue;
         }
@@ -229,11 +250,13 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
                 point.daemon_rss_bytes as f64 / 1048576.0,
             ),
             goal: goal.into(),
-            met: exact
-                && (!timed || point.first_count <= Duration::from_millis(1500))
-                && point.map_bytes_per_connection <= 64.0
-                && point.daemon_rss_bytes <= 16 << 20,
-            ratio: None,
+            verdict: Verdict::of(
+                exact
+                    && (!timed || point.first_count <= Duration::from_millis(1500))
+                    && point.map_bytes_per_connection <= 64.0
+                    && point.daemon_rss_bytes <= 16 << 20,
+            ),
+            bar: None,
         });
     }
 
@@ -247,12 +270,13 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
                 idle.wakeups_per_second, idle.cpu_seconds
             ),
             goal: "0 wakeups/s".into(),
-            met: idle.wakeups_per_second == 0.0,
-            ratio: None,
+            verdict: Verdict::of(idle.wakeups_per_second == 0.0),
+            bar: None,
         });
     }
 
     if wanted("node") {
+        const GOAL: f64 = 0.99;
         let [none, some, many] = NEIGHBOUR_DRAINERS;
         eprintln!("bench: 7/7 drainers on one node ({none}, {some}, {many})");
         let node = measure::drainers_on_one_node(
@@ -261,20 +285,27 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
             plan.node_rounds,
             plan.duration,
         );
-        let (some_low, some_high) = node.ratio_spread(some);
-        let (many_low, many_high) = node.ratio_spread(many);
-        let many_ratio = node.ratio(many);
+        let beside_some = node.ratio(some);
+        let beside_many = node.ratio(many);
         rows.push(Row {
             measurement: "7. new connections/s in a namespace without drainer, beside serving drainers in other namespaces".into(),
             result: format!(
-                "{none} drainers {:.0}/s; {some} drainers {:.3} × that (middle half of rounds \
-                 {some_low:.3}–{some_high:.3}); {many} drainers **{many_ratio:.3}** × ({many_low:.3}–{many_high:.3})",
-                node.median(none),
-                node.ratio(some),
+                "{none} drainers {:.0}/s (mean of {} rounds); per round, {some} drainers {:.3} × that ({}); \
+                 {many} drainers **{:.3}** × ({})",
+                node.mean(none),
+                beside_many.rounds,
+                beside_some.mean,
+                interval(&beside_some),
+                beside_many.mean,
+                interval(&beside_many),
             ),
-            goal: format!("≥ 0.99 × the {none}-drainer rate with {many} drainers"),
-            met: many_ratio >= 0.99,
-            ratio: Some((format!("7. beside {many} drainers"), many_ratio, 0.99)),
+            goal: format!("≥ {GOAL} × the {none}-drainer rate with {many} drainers"),
+            verdict: Verdict::at_least(GOAL, &beside_many),
+            bar: Some(Bar {
+                label: format!("7. beside {many} drainers"),
+                ratio: beside_many,
+                goal: GOAL,
+            }),
         });
     }
 
@@ -296,4 +327,12 @@ fn available_memory() -> u64 {
             line.split_whitespace().nth(1)?.parse::<u64>().ok()
         })
         .map_or(0, |kib| kib * 1024)
+}
+
+/// A mean's 95% interval as the rows print it.
+fn interval(ratio: &MeanInterval) -> String {
+    if ratio.rounds < 2 {
+        return "one round: no interval".into();
+    }
+    format!("95% interval {:.3}–{:.3}", ratio.low(), ratio.high())
 }

@@ -21,7 +21,7 @@ use crate::{
     clock::monotonic_ns,
     load,
     roles::raise_fd_limit,
-    stats::{Latencies, median, quantile, sorted},
+    stats::{Latencies, MeanInterval, mean},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,29 +64,21 @@ pub struct Samples<V> {
 }
 
 impl<V: PartialEq> Samples<V> {
-    /// Median over rounds of (variant / first variant), measured in the same round.
-    pub fn ratio(&self, variant: V) -> f64 {
-        median(&self.ratios(variant))
-    }
-
-    /// The first and third quartiles of the per-round ratios: how far one round's figure can be
-    /// trusted on this machine.
-    pub fn ratio_spread(&self, variant: V) -> (f64, f64) {
-        let ratios = sorted(self.ratios(variant));
-        (quantile(&ratios, 0.25), quantile(&ratios, 0.75))
-    }
-
-    fn ratios(&self, variant: V) -> Vec<f64> {
+    /// (variant / first variant) of each round, both measured in the same round, as a mean and its
+    /// 95% interval: pairing within a round cancels the drift of the host between rounds.
+    pub fn ratio(&self, variant: V) -> MeanInterval {
         let base = &self.variants[0].1;
-        self.values(variant)
+        let ratios: Vec<f64> = self
+            .values(variant)
             .iter()
             .zip(base)
             .map(|(v, b)| v / b)
-            .collect()
+            .collect();
+        MeanInterval::of(&ratios)
     }
 
-    pub fn median(&self, variant: V) -> f64 {
-        median(self.values(variant))
+    pub fn mean(&self, variant: V) -> f64 {
+        mean(self.values(variant))
     }
 
     fn values(&self, variant: V) -> &[f64] {
