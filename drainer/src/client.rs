@@ -3,7 +3,7 @@ use std::{
     cell::Cell,
     io::{BufRead as _, BufReader, IsTerminal as _, Write as _},
     os::unix::net::UnixStream,
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use drainer_common::protocol::{IdleConnection, Outcome, Reply, Request, Status};
 
-use crate::{cli::DrainArgs, system::systemd::Systemd};
+use crate::system::systemd::Systemd;
 
 /// `drainer drain --wait` exit codes.
 pub const EXIT_DRAINED: i32 = 0;
@@ -94,16 +94,27 @@ fn ask_status(socket: &Path, request: &Request) -> Result<Status> {
     }
 }
 
-pub fn drain(args: &DrainArgs) -> Result<i32> {
+/// `drainer drain`: what the request asks of the daemon; what it leaves out, the daemon's own
+/// settings decide.
+pub struct DrainOptions {
+    pub socket: PathBuf,
+    /// Follow the drain to its release, showing progress.
+    pub wait: bool,
+    pub timeout: Option<Duration>,
+    pub accept_for: Option<Duration>,
+    pub release_when_idle: Option<Duration>,
+}
+
+pub fn drain(options: &DrainOptions) -> Result<i32> {
     let seconds = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
     let request = Request::Drain {
-        wait: args.wait,
-        timeout_seconds: seconds(args.timeout),
-        accept_for_seconds: seconds(args.accept_for),
-        release_when_idle_seconds: seconds(args.release_when_idle),
+        wait: options.wait,
+        timeout_seconds: seconds(options.timeout),
+        accept_for_seconds: seconds(options.accept_for),
+        release_when_idle_seconds: seconds(options.release_when_idle),
     };
-    let mut connection = Connection::open(&args.socket.path, &request)?;
-    if !args.wait {
+    let mut connection = Connection::open(&options.socket, &request)?;
+    if !options.wait {
         let Reply::Status(status) = connection.next()? else {
             bail!("unexpected reply to drain")
         };

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use drainer::{
     cli::{Cli, Command},
-    client,
+    client::{self, DrainOptions},
     daemon::{self, Allowed, DaemonOptions, ReleaseTarget},
     supervisor::{self, RunOptions},
     system::{hardening, logging},
@@ -46,7 +46,13 @@ fn main() -> ExitCode {
                     })
                 })
         }
-        Command::Drain(args) => client::drain(&args),
+        Command::Drain(args) => client::drain(&DrainOptions {
+            socket: args.socket.path,
+            wait: args.wait,
+            timeout: args.timeout,
+            accept_for: args.accept_for,
+            release_when_idle: args.release_when_idle,
+        }),
         Command::Status(args) => client::status(&args.socket.path, args.json),
         Command::Release(socket) => client::release(&socket.path),
         Command::Resume(socket) => client::resume(&socket.path),
