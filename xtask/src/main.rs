@@ -5,6 +5,7 @@
 mod cmd;
 mod dist;
 mod fuzz;
+mod no_new_services;
 mod python;
 mod system;
 mod toolchain;

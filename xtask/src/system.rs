@@ -2,7 +2,6 @@
 use std::{
     env,
     ffi::OsString,
-    fs,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::Command,
@@ -10,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::cmd::run;
+use crate::{cmd::run, no_new_services::NoNewServices};
 
 /// Where downloads and set-ups are kept between runs: `$XDG_CACHE_HOME/drainer`.
 pub fn cache_dir() -> Result<PathBuf> {
@@ -85,57 +84,11 @@ pub fn install_debian_packages(packages: &[&str]) -> Result<()> {
         );
     }
     run(Command::new("apt-get").arg("update").arg("-q"))?;
-    let _preset = NoNewServices::hold()?;
+    let _quiet = NoNewServices::hold()?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive"))
-}
-
-/// Where systemd reads presets that last until the next boot.
-const RUNTIME_PRESETS: &str = "/run/systemd/system-preset";
-/// Sorted before the distribution's own presets: the first file that names a unit decides.
-const PRESET_FILE: &str = "00-drainer-xtask.preset";
-
-/// While held, a systemd preset disables every unit installed for the first time. Debian's
-/// maintainer scripts enable a new unit through `systemctl preset` (deb-systemd-helper) and start
-/// only units that are enabled (deb-systemd-invoke), so a unit the preset disables is neither
-/// enabled nor started. A unit installed before keeps its state: presets apply only to a unit's
-/// first installation. In /run, a preset left by an interrupted run ends at the next boot.
-struct NoNewServices {
-    file: PathBuf,
-    /// The directories it created, deepest first, removed with it.
-    created: Vec<PathBuf>,
-}
-
-impl NoNewServices {
-    fn hold() -> Result<Self> {
-        let dir = Path::new(RUNTIME_PRESETS);
-        let created: Vec<PathBuf> = dir
-            .ancestors()
-            .take_while(|ancestor| !ancestor.exists())
-            .map(Path::to_path_buf)
-            .collect();
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let file = dir.join(PRESET_FILE);
-        fs::write(
-            &file,
-            "# cargo xtask: packages installed for drainer's tests start and enable no service.
-             disable *
-",
-        )
-        .with_context(|| format!("writing {}", file.display()))?;
-        Ok(Self { file, created })
-    }
-}
-
-impl Drop for NoNewServices {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.file);
-        for dir in &self.created {
-            let _ = fs::remove_dir(dir);
-        }
-    }
 }
 
 /// Replaces xtask with `binary args`, run as root: directly when already root, through sudo

@@ -276,6 +276,8 @@ def packages_scenario(c, plan):
     packages install, and the services they bring are neither enabled nor started, nor is anything
     else. The guest has no network: apt reads the image's local repository of those packages."""
     units = ["nginx.service", "haproxy.service", "nftables.service"]
+    if os.path.lexists("/usr/sbin/policy-rc.d"):
+        raise RuntimeError("the image has a /usr/sbin/policy-rc.d: the step would leave it be")
     before = unit_states(units)
     enabled_before = unit_names("list-unit-files", "--state=enabled")
     running_before = unit_names("list-units", "--state=active", "--type=service,socket,timer")
@@ -323,9 +325,10 @@ def packages_scenario(c, plan):
     c.check("no service, socket or timer newly running",
             not running_after - running_before,
             f"newly running: {sorted(running_after - running_before) or 'none'}")
-    leftovers = [path for path in ("/run/systemd/system-preset/00-drainer-xtask.preset",)
-                 if os.path.exists(path)]
-    c.check("the step removed its preset", not leftovers, ", ".join(leftovers) or "none left")
+    leftovers = [path for path in ("/run/systemd/system-preset/00-drainer-xtask.preset",
+                                   "/usr/sbin/policy-rc.d") if os.path.lexists(path)]
+    c.check("the step removed its preset and its policy-rc.d", not leftovers,
+            ", ".join(leftovers) or "none left")
 
 
 # The example units as the .deb ships them (deploy/systemd with drainer's installed path).
