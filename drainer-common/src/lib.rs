@@ -17,7 +17,23 @@ pub const MAX_PORTS: u32 = 64;
 /// Indices in the `SWITCHES` array, each 0 or 1, written by userspace.
 /// Seeded: the drain-start sweep of existing connections has finished.
 pub const SWITCH_SEEDED: u32 = 0;
-pub const SWITCH_COUNT: u32 = 1;
+/// Restart: the drain follows one generation of the server, the one a restart replaces: the
+/// connections the sweep found, and those its listeners hand over afterwards (marked by
+/// `LISTENER_TAGS`), not the next generation's, which share the port.
+pub const SWITCH_RESTART: u32 = 1;
+pub const SWITCH_COUNT: u32 = 2;
+
+/// Entries of the `STEER_TO` socket map: for each port slot, the listener IPv4 connections are
+/// handed to, then the one IPv6 connections are.
+pub const STEER_ENTRIES: u32 = 2 * MAX_PORTS;
+
+/// The `STEER_TO` entry of a port slot's connections of one address family.
+pub const fn steer_entry(slot: u32, ipv6: bool) -> u32 {
+    2 * slot + ipv6 as u32
+}
+
+/// The `TCP_LISTEN` state: a listener's `listen()` has completed.
+pub const TCP_LISTEN: u8 = 10;
 
 /// `TCP_*` states from include/net/tcp_states.h that the programs tell apart.
 pub const TCP_ESTABLISHED: u8 = 1;
@@ -75,6 +91,9 @@ pub enum EventKind {
     Untracked = 3,
     /// An outbound connection could not be recorded: the socket table counts from now on.
     OutboundUnrecorded = 4,
+    /// A socket of the guarded namespace began listening on the port `LISTEN_WATCH` names: the
+    /// next generation of a restarted server may be ready.
+    Listening = 5,
 }
 
 /// Sent through the `EVENTS` ring buffer while draining, one per change of a port's live count,

@@ -16,13 +16,19 @@
 //! Cost: every state change pays two compares on the states; those three kinds also read the
 //! socket's port (at TCP_CLOSE with one checked kernel read) and test one bit of a word. Only
 //! sockets on a guarded port go further: two loads for the namespace, one per-CPU add.
+//!
+//! A second program on the same hook, `watch_for_listener`, is attached only while a restart
+//! waits for its next generation: it announces a socket of the guarded namespace entering
+//! TCP_LISTEN on the port that generation was given. The kernel fires it as `listen()` begins,
+//! just before the socket joins the listening table. Cost: one compare per state change, a map
+//! read and the namespace's two loads per listen.
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use drainer_common::{TCP_CLOSE, TCP_SYN_RECV, TCP_SYN_SENT};
+use drainer_common::{TCP_CLOSE, TCP_LISTEN, TCP_SYN_RECV, TCP_SYN_SENT};
 
 use crate::{
-    ports,
+    generations, ports,
     sock::{Socket, bound_port, in_target, local_port},
-    tracking::{closed, live, outbound, passive_established},
+    tracking::{closed, live, next_generation_listening, outbound, passive_established},
 };
 
 enum Change {
@@ -75,6 +81,25 @@ pub fn follow_transitions(ctx: BtfTracePointContext) -> u32 {
         Change::PassiveEstablished => passive_established(sk, slot),
         Change::Outbound => outbound(sk, slot),
         Change::Closed { was_live } => closed(sk, slot, was_live),
+    }
+    0
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn watch_for_listener(ctx: BtfTracePointContext) -> u32 {
+    let new: i32 = ctx.arg(2);
+    if new as u8 != TCP_LISTEN {
+        return 0;
+    }
+    let sk: *const u8 = ctx.arg(0);
+    // SAFETY: `sk` is the tracepoint's BTF-typed socket argument; a listener's port was bound
+    // before `listen()`.
+    if !generations::watched_listen_port(unsafe { local_port(sk) }) {
+        return 0;
+    }
+    // SAFETY: as above.
+    if unsafe { in_target(sk) } {
+        next_generation_listening();
     }
     0
 }

@@ -81,4 +81,9 @@ impl Socket {
         // SAFETY: `new`'s promise.
         unsafe { bpf_get_socket_cookie(self.0) }
     }
+
+    /// The pointer, for helpers that take the socket itself.
+    pub fn as_ptr(self) -> *mut core::ffi::c_void {
+        self.0
+    }
 }

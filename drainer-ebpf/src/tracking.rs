@@ -13,6 +13,13 @@
 //! - outbound connections from a guarded port (a client bound to it, or a simultaneous open), held
 //!   in [`OUTBOUND`] so that their close is not taken for a server connection's.
 //!
+//! A restart's drain follows one generation of the server, the one being replaced, while the next
+//! takes new connections on the same port (`SWITCH_RESTART`): only connections in the table
+//! count. The sweep records every connection of the port, as every one so far came through the
+//! replaced generation's listeners; after it, a new connection is recorded only if it came
+//! through them too ([`generations`](crate::generations)), which happens only for handshakes
+//! under way when the next generation took over.
+//!
 //! Every counter change is made by whichever program succeeded at the record operation (insert or
 //! remove), so two programs seeing the same socket count it once. While both tables are empty —
 //! once the connections found at the drain's start have closed, if nothing connects out from the
@@ -26,11 +33,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use drainer_common::{
-    Event, EventKind, LIVE_TCP_STATES, MAX_PORTS, PortCounters, SWITCH_COUNT, SWITCH_SEEDED,
+    Event, EventKind, LIVE_TCP_STATES, MAX_PORTS, PortCounters, SWITCH_COUNT, SWITCH_RESTART,
+    SWITCH_SEEDED,
 };
 
 use crate::{
-    counter,
+    counter, generations,
     seeded::{self, Insert},
     sock::Socket,
 };
@@ -75,6 +83,10 @@ fn switch(index: u32) -> bool {
 
 fn seeded() -> bool {
     switch(SWITCH_SEEDED)
+}
+
+fn restarting() -> bool {
+    switch(SWITCH_RESTART)
 }
 
 fn bump(field: impl FnOnce(*mut PortCounters) -> *mut u64, slot: u32) {
@@ -132,6 +144,17 @@ pub fn found_established(sk: Socket, slot: u32) {
 
 /// A server-side connection completed its handshake.
 pub fn passive_established(sk: Socket, slot: u32) {
+    if restarting() {
+        if seeded() && !generations::from_replaced_listener(sk) {
+            // The next generation's.
+            return;
+        }
+        let cookie = sk.cookie();
+        if !is_outbound(cookie) {
+            record_seeded(cookie, slot);
+        }
+        return;
+    }
     if seeded() && !any_outbound() {
         count_opened(slot);
         return;
@@ -181,6 +204,18 @@ fn forget_outbound(cookie: u64) -> bool {
 /// A socket on a guarded port reached TCP_CLOSE; `was_live` tells whether it came from one of the
 /// live states (rather than from a handshake that never completed).
 pub fn closed(sk: Socket, slot: u32, was_live: bool) {
+    if restarting() {
+        // Every connection of the replaced generation is in the table.
+        if seeded::any() || any_outbound() {
+            let cookie = sk.cookie();
+            if seeded::remove(cookie) {
+                count_closed(slot);
+            } else {
+                forget_outbound(cookie);
+            }
+        }
+        return;
+    }
     if seeded::any() || any_outbound() {
         let cookie = sk.cookie();
         if seeded::remove(cookie) {
@@ -194,6 +229,12 @@ pub fn closed(sk: Socket, slot: u32, was_live: bool) {
     if was_live && seeded() {
         count_closed(slot);
     }
+}
+
+/// A socket of the guarded namespace began listening on the port a restart's next generation was
+/// given.
+pub fn next_generation_listening() {
+    announce(0, EventKind::Listening);
 }
 
 /// Announces a count change once the sweep has finished. Userspace reads the counters only after

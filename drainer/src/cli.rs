@@ -63,6 +63,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "GROUP", requires = "user")]
     pub group: Option<String>,
 
+    /// Restart the server on this signal without refusing anyone: a new generation of COMMAND
+    /// starts with `{port}` in its arguments (and DRAINER_PORT in its environment) set to the
+    /// port, or to a free one while the port is taken; once it listens it takes every new
+    /// connection, and the old generation drains its own as on a stop, then gets SIGTERM.
+    #[arg(long, value_name = "SIGNAL", value_parser = parse_restart_signal)]
+    pub restart_signal: Option<Signal>,
+
+    /// With --restart-signal: how long a new generation may take to listen before it is stopped
+    /// and the old one serves on.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration)]
+    pub ready_timeout: Duration,
+
     /// The server command and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
@@ -112,16 +124,31 @@ impl DrainFlags {
     }
 }
 
+impl RunArgs {
+    /// The checks clap cannot make on one flag alone.
+    pub fn check(&self) -> Result<(), String> {
+        self.drain.check()?;
+        if self.restart_signal.is_some() && self.ports.len() > 1 {
+            return Err(format!(
+                "--restart-signal restarts a server of one --port, and {} are given: run one \
+                 drainer per port",
+                self.ports.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Cli {
     /// Parses the command line and checks what spans several flags; exits 2 on bad arguments.
     pub fn parse_checked() -> Self {
         let cli = Self::parse();
-        let drain = match &cli.command {
-            Command::Run(args) => Some(&args.drain),
-            Command::Daemon(args) => Some(&args.drain),
-            _ => None,
+        let checked = match &cli.command {
+            Command::Run(args) => args.check(),
+            Command::Daemon(args) => args.drain.check(),
+            _ => Ok(()),
         };
-        if let Some(Err(problem)) = drain.map(DrainFlags::check) {
+        if let Err(problem) = checked {
             Self::command()
                 .error(clap::error::ErrorKind::ArgumentConflict, problem)
                 .exit();
@@ -236,6 +263,21 @@ fn parse_signal(text: &str) -> Result<Signal, String> {
         .and_then(|n| Signal::try_from(n).ok())
         .or_else(|| Signal::from_str(&name).ok())
         .ok_or_else(|| format!("unknown signal {text:?}: write e.g. SIGTERM, TERM or 15"))
+}
+
+/// A signal that can restart the server: not one that stops drainer, nor one no process can
+/// catch.
+fn parse_restart_signal(text: &str) -> Result<Signal, String> {
+    let signal = parse_signal(text)?;
+    match signal {
+        Signal::SIGTERM | Signal::SIGINT => Err(format!(
+            "{signal} stops drainer and drains the server: choose another, e.g. SIGHUP or SIGUSR2"
+        )),
+        Signal::SIGKILL | Signal::SIGSTOP => Err(format!(
+            "{signal} cannot be caught: choose another, e.g. SIGHUP or SIGUSR2"
+        )),
+        _ => Ok(signal),
+    }
 }
 
 /// A pid greater than 1.

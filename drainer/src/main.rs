@@ -4,7 +4,7 @@ use drainer::{
     cli::{Cli, Command},
     client::{self, DrainOptions},
     daemon::{self, Allowed, DaemonOptions, ReleaseTarget},
-    supervisor::{self, RunOptions},
+    supervisor::{self, RestartOptions, RunOptions},
     system::{hardening, logging},
 };
 
@@ -26,6 +26,10 @@ fn main() -> ExitCode {
             user: args.user,
             group: args.group,
             command: args.command,
+            restart: args.restart_signal.map(|signal| RestartOptions {
+                signal,
+                ready_timeout: args.ready_timeout,
+            }),
         }),
         Command::Daemon(args) => {
             ReleaseTarget::choose(args.release_pid, args.release_pidfile, args.release_cgroup)

@@ -26,6 +26,7 @@ fn attach(netns: &TestNetns) -> Kernel {
         ports: &[PORT],
         netns: &target_netns,
         privileges: &[],
+        restarts: false,
     })
     .unwrap();
     kernel.start_draining(false).unwrap();

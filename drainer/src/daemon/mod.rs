@@ -87,6 +87,7 @@ pub fn daemon(options: DaemonOptions) -> Result<i32> {
         ports: &options.ports,
         netns: &netns,
         privileges: &needed,
+        restarts: false,
     })?;
     let engine = Engine::new(kernel, Drain::new(options.drain, None), Duration::ZERO);
     tokio_uring::start(serve(engine, options, token, needed))
@@ -191,6 +192,8 @@ async fn run(
             }
             Input::Engine(input) => engine.borrow_mut().on(input).map(|done| actions = done),
             Input::Mode(command) => obey(engine, command).map(|done| actions = done),
+            // The daemon restarts no server: it watches for no listener.
+            Input::Listening => Ok(()),
         };
         if let Err(err) = outcome {
             retry.failed(&err);

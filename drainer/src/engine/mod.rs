@@ -124,6 +124,10 @@ impl Engine {
         }
     }
 
+    pub fn kernel(&self) -> &Kernel {
+        &self.kernel
+    }
+
     pub fn kernel_mut(&mut self) -> &mut Kernel {
         &mut self.kernel
     }

@@ -7,6 +7,12 @@
 //! its accept window ends), then the tracepoint, then sweeps the connections that exist; from
 //! then on the counters are the count. Resuming detaches everything again.
 //!
+//! A restart of a server (`drainer run --restart-signal`) attaches a listener watch while the
+//! next generation starts; once it listens, the replaced generation's listeners are marked, the
+//! tracepoint follows that generation's connections alone, and new connections are steered to
+//! the next generation's listener when it is not on the public port. The watch and the
+//! tracepoint go once the replaced generation is released; steering stays while it is needed.
+//!
 //! | module | owns |
 //! |---|---|
 //! | `programs` | loading the eBPF object, attaching its programs in order at a drain's start, seeding, the maps |
@@ -17,6 +23,7 @@
 //! | `claim` | one drainer per port and namespace |
 //! | `unix_sockets` | the unix sockets: the abstract names in a namespace and their owners, for `claim` |
 //! | `layout` | struct offsets from the running kernel's BTF |
+//! | `listeners` | the listening sockets a generation of a restarted server holds, as descriptors |
 //! | `seeded_table` | sizing the table of connections found at a drain's start |
 //! | `features` | the kernel features the programs need, and since when |
 //! | `idleness` | which live connections are idle, for drains that release on idleness |
@@ -25,6 +32,7 @@ mod counts;
 mod features;
 mod idleness;
 mod layout;
+mod listeners;
 mod netns;
 mod programs;
 mod seeded_table;
@@ -41,10 +49,11 @@ use self::{claim::PortClaims, counts::Counter, programs::Programs};
 pub use self::{
     counts::{Count, Counts},
     idleness::Idleness,
+    listeners::Listener,
     netns::Netns,
     socket_table::{SocketTable, TableSocket},
 };
-use crate::system::capabilities::{self, Capability};
+use crate::system::capabilities::{self, CAP_SYS_PTRACE, Capability};
 
 /// What to guard: ports in one network namespace.
 pub struct Target<'a> {
@@ -52,6 +61,9 @@ pub struct Target<'a> {
     pub netns: &'a Netns,
     /// What attaching the programs at a drain's start needs; held, not effective, until then.
     pub privileges: &'a [Capability],
+    /// The server will be restarted: the programs that watch for its next generation and steer
+    /// connections to it are loaded too.
+    pub restarts: bool,
 }
 
 /// The loaded programs, with everything that attaches and reads them. Dropping it detaches
@@ -136,7 +148,58 @@ impl Kernel {
             self.programs.start_refusing()?;
         }
         self.counter.restart();
-        self.programs.start_tracking()
+        self.programs.start_tracking(false)
+    }
+
+    /// Whether a socket of the namespace listens on `port`.
+    pub fn listening(&self, port: u16) -> Result<bool> {
+        Ok(!self.counter.table().listener_inodes(port)?.is_empty())
+    }
+
+    /// A restart waits for its next generation: announces (through the ring buffer) each socket
+    /// of the namespace that begins listening on `port`.
+    pub fn watch_listeners(&mut self, port: u16) -> Result<()> {
+        let _raised = capabilities::raise(&self.privileges)?;
+        self.programs.watch_listeners(port)
+    }
+
+    pub fn stop_watching_listeners(&mut self) -> Result<()> {
+        self.programs.stop_watching_listeners()
+    }
+
+    /// The sockets listening on `port` that the processes of `process_group` hold. Copying
+    /// another process's descriptor takes CAP_SYS_PTRACE, which must be permitted.
+    pub fn listeners(&self, process_group: i32, port: u16) -> Result<Vec<Listener>> {
+        let _raised = capabilities::raise(&[CAP_SYS_PTRACE])?;
+        listeners::of_process_group(self.counter.table(), process_group, port)
+    }
+
+    /// A restart's switch: the replaced generation's listeners marked and its connections alone
+    /// counted from now on (the count drains as they close), then new connections for `port`
+    /// handed to the next generation's listeners, or left to the usual lookup when the next
+    /// generation listens on `port` itself.
+    pub fn switch_generations(
+        &mut self,
+        port: u16,
+        replaced: &[Listener],
+        next: Option<&[Listener]>,
+    ) -> Result<()> {
+        let _raised = capabilities::raise(&self.privileges)?;
+        self.programs.stop_watching_listeners()?;
+        self.programs.mark_replaced(replaced)?;
+        self.counter.restart();
+        self.programs.start_tracking(true)?;
+        match next {
+            Some(listeners) => self.programs.steer(port, listeners),
+            None => self.programs.stop_steering(),
+        }
+    }
+
+    /// The replaced generation is gone: its connections are no longer followed. Steering, if
+    /// any, stays.
+    pub fn end_restart(&mut self) -> Result<()> {
+        self.programs.stop_watching_listeners()?;
+        self.programs.stop_tracking()
     }
 
     /// From now on every new connection to the ports is refused.

@@ -1,6 +1,6 @@
 //! The embedded eBPF object: loaded and verified at start-up, attached only while a drain runs — in
 //! the order that leaves no connection uncounted, the connections that already exist seeded —
-//! and its maps read or flipped.
+//! or a restart does, and its maps read or flipped.
 //!
 //! Nothing is pinned: every program hangs off a link owned by this process, so when drainer exits
 //! or dies the kernel detaches them and the ports behave as if drainer had never run.
@@ -17,19 +17,25 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, ArrayOfMaps, HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf},
+    maps::{
+        Array, ArrayOfMaps, HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf, SkStorage,
+        SockMap,
+    },
     programs::{
         BtfTracePoint, Iter, SkLookup, sk_lookup::SkLookupLinkId, tp_btf::BtfTracePointLinkId,
     },
 };
 use aya_log::EbpfLogger;
-use drainer_common::{MAX_PORTS, PortCounters, SWITCH_SEEDED};
+use drainer_common::{
+    MAX_PORTS, PortCounters, STEER_ENTRIES, SWITCH_RESTART, SWITCH_SEEDED, steer_entry,
+};
 
 use super::{
     Target,
     counts::{Counts, PortCount, recursion_misses},
     features::{SK_LOOKUP, TCP_ITER, TP_BTF},
     layout::KernelLayout,
+    listeners::Listener,
     netns::Netns,
     seeded_table,
 };
@@ -129,6 +135,10 @@ pub(super) struct Programs {
     missed_before: u64,
     transitions: Option<BtfTracePointLinkId>,
     refusal: Option<SkLookupLinkId>,
+    /// While a restart waits for its next generation to listen.
+    listen_watch: Option<BtfTracePointLinkId>,
+    /// While the serving generation listens on a port other than the public one.
+    steering: Option<SkLookupLinkId>,
 }
 
 impl Programs {
@@ -172,8 +182,21 @@ impl Programs {
             missed_before: 0,
             transitions: None,
             refusal: None,
+            listen_watch: None,
+            steering: None,
         };
         programs.load_transitions(&btf)?;
+        if target.restarts {
+            let watch: &mut BtfTracePoint =
+                programs.program_mut("watch_for_listener")?.try_into()?;
+            watch
+                .load("inet_sock_set_state", &btf)
+                .with_context(|| TP_BTF.missing())?;
+            let steering: &mut SkLookup = programs
+                .program_mut("steer_to_next_generation")?
+                .try_into()?;
+            steering.load().with_context(|| SK_LOOKUP.missing())?;
+        }
         let iterator: &mut Iter = programs.program_mut("seed_established")?.try_into()?;
         iterator
             .load("tcp", &btf)
@@ -208,7 +231,11 @@ impl Programs {
     /// connections that already exist swept. On return every established connection to the
     /// ports is counted, and every later one will be; count changes are announced through
     /// [`Programs::take_events`].
-    pub(super) fn start_tracking(&mut self) -> Result<()> {
+    ///
+    /// A restart's drain (`restart`) follows only the generation being replaced: the connections
+    /// that exist, and those its listeners, marked by [`Programs::mark_replaced`], hand over
+    /// later.
+    pub(super) fn start_tracking(&mut self, restart: bool) -> Result<()> {
         if self.tracking() {
             return Ok(());
         }
@@ -217,6 +244,7 @@ impl Programs {
         self.new_seeded_table()?;
         self.forget_outbound()?;
         self.set_switch(SWITCH_SEEDED, false)?;
+        self.set_switch(SWITCH_RESTART, restart)?;
 
         // Order matters: state changes are followed before the existing connections are swept,
         // so no connection falls between the two; see drainer-ebpf/src/tracking.rs.
@@ -337,6 +365,115 @@ impl Programs {
             Some(program.attach(netns).with_context(|| {
                 format!("attaching sk_lookup to network namespace {description}")
             })?);
+        Ok(())
+    }
+
+    /// Stops following connections: the tracepoint detached.
+    pub(super) fn stop_tracking(&mut self) -> Result<()> {
+        if let Some(link) = self.transitions.take() {
+            let program: &mut BtfTracePoint = self.program_mut("follow_transitions")?.try_into()?;
+            program.detach(link).context("detaching the tracepoint")?;
+        }
+        Ok(())
+    }
+
+    /// Marks the listeners of the generation a restart replaces: every connection they create
+    /// from now on carries the mark.
+    pub(super) fn mark_replaced(&mut self, listeners: &[Listener]) -> Result<()> {
+        let mut tags: SkStorage<_, u32> =
+            SkStorage::try_from(self.map_mut("LISTENER_TAGS")?).context("LISTENER_TAGS map")?;
+        for listener in listeners {
+            tags.insert(&listener.fd, &1, 0)
+                .context("marking a listener of the replaced generation")?;
+        }
+        Ok(())
+    }
+
+    /// Announces each socket of the namespace that begins listening on `port`, until
+    /// [`Programs::stop_watching_listeners`].
+    pub(super) fn watch_listeners(&mut self, port: u16) -> Result<()> {
+        let mut watch: Array<_, u32> =
+            Array::try_from(self.map_mut("LISTEN_WATCH")?).context("LISTEN_WATCH map")?;
+        watch
+            .set(0, &u32::from(port), 0)
+            .context("setting LISTEN_WATCH")?;
+        if self.listen_watch.is_none() {
+            let program: &mut BtfTracePoint = self.program_mut("watch_for_listener")?.try_into()?;
+            self.listen_watch = Some(
+                program
+                    .attach()
+                    .context("attaching the listener watch to inet_sock_set_state")?,
+            );
+        }
+        Ok(())
+    }
+
+    pub(super) fn stop_watching_listeners(&mut self) -> Result<()> {
+        if let Some(link) = self.listen_watch.take() {
+            let program: &mut BtfTracePoint = self.program_mut("watch_for_listener")?.try_into()?;
+            program
+                .detach(link)
+                .context("detaching the listener watch")?;
+        }
+        let mut watch: Array<_, u32> =
+            Array::try_from(self.map_mut("LISTEN_WATCH")?).context("LISTEN_WATCH map")?;
+        watch.set(0, &0, 0).context("clearing LISTEN_WATCH")
+    }
+
+    /// From now on every new connection for the guarded port `port` goes to `listeners`: IPv4
+    /// ones to an IPv4 listener or else a dual-stack one, IPv6 ones to an IPv6 listener.
+    pub(super) fn steer(&mut self, port: u16, listeners: &[Listener]) -> Result<()> {
+        let slot = self
+            .ports
+            .iter()
+            .position(|&p| p == port)
+            .with_context(|| format!("port {port} is not guarded"))? as u32;
+        let ipv4 = listeners
+            .iter()
+            .find(|l| !l.ipv6)
+            .or_else(|| listeners.iter().find(|l| l.dual_stack));
+        let ipv6 = listeners.iter().find(|l| l.ipv6);
+        let mut steer_to: SockMap<_> =
+            SockMap::try_from(self.map_mut("STEER_TO")?).context("STEER_TO map")?;
+        for (ipv6_entry, listener) in [(false, ipv4), (true, ipv6)] {
+            let entry = steer_entry(slot, ipv6_entry);
+            match listener {
+                Some(listener) => steer_to
+                    .set(entry, &listener.fd, 0)
+                    .context("handing new connections to the serving generation's listener")?,
+                None => {
+                    let _ = steer_to.clear_index(&entry);
+                }
+            }
+        }
+        if self.steering.is_none() {
+            let description = self.netns.path().display().to_string();
+            let program: &mut SkLookup = self
+                .ebpf
+                .program_mut("steer_to_next_generation")
+                .context("the eBPF object has no program steer_to_next_generation")?
+                .try_into()?;
+            self.steering = Some(program.attach(&self.netns).with_context(|| {
+                format!("attaching sk_lookup steering to network namespace {description}")
+            })?);
+        }
+        Ok(())
+    }
+
+    /// New connections find their listener the usual way again.
+    pub(super) fn stop_steering(&mut self) -> Result<()> {
+        if let Some(link) = self.steering.take() {
+            let program: &mut SkLookup =
+                self.program_mut("steer_to_next_generation")?.try_into()?;
+            program
+                .detach(link)
+                .context("detaching sk_lookup steering")?;
+        }
+        let mut steer_to: SockMap<_> =
+            SockMap::try_from(self.map_mut("STEER_TO")?).context("STEER_TO map")?;
+        for entry in 0..STEER_ENTRIES {
+            let _ = steer_to.clear_index(&entry);
+        }
         Ok(())
     }
 

@@ -90,6 +90,27 @@ impl SocketTable {
         Ok(owners)
     }
 
+    /// The inode of each socket listening on `port`, of either family.
+    pub fn listener_inodes(&self, port: u16) -> Result<Vec<u32>> {
+        let mut inodes = Vec::new();
+        let mut buffer = vec![0u8; 16 * 1024];
+        for family in [AF_INET, AF_INET6] {
+            self.diag.dump(
+                SockDiagMessage::InetRequest(request(family, LISTENING)),
+                &mut buffer,
+                |payload| {
+                    if let Ok(header) = InetResponseHeader::parse(payload)
+                        && header.socket_id.source_port == port
+                    {
+                        inodes.push(header.inode);
+                    }
+                    Ok(())
+                },
+            )?;
+        }
+        Ok(inodes)
+    }
+
     /// Every live TCP socket whose local port is one of `ports`, by socket cookie.
     pub fn sockets(&self, ports: &[u16]) -> Result<HashMap<u64, TableSocket>> {
         let mut found = HashMap::new();
@@ -141,23 +162,30 @@ impl SocketTable {
         buffer: &mut [u8],
         mut each: impl FnMut(u64, TableSocket),
     ) -> Result<()> {
-        let request = InetRequest {
-            family,
-            protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::INFO,
-            states: StateFlags::from_bits_retain(states),
-            socket_id: match family {
-                AF_INET => SocketId::new_v4(),
-                _ => SocketId::new_v6(),
-            },
-        };
-        self.diag
-            .dump(SockDiagMessage::InetRequest(request), buffer, |payload| {
+        self.diag.dump(
+            SockDiagMessage::InetRequest(request(family, states)),
+            buffer,
+            |payload| {
                 if let Some((cookie, socket)) = parse_response(payload) {
                     each(cookie, socket);
                 }
                 Ok(())
-            })
+            },
+        )
+    }
+}
+
+/// A dump request for the TCP sockets of `family` in `states`, with their `tcp_info`.
+fn request(family: u8, states: u32) -> InetRequest {
+    InetRequest {
+        family,
+        protocol: IPPROTO_TCP,
+        extensions: ExtensionFlags::INFO,
+        states: StateFlags::from_bits_retain(states),
+        socket_id: match family {
+            AF_INET => SocketId::new_v4(),
+            _ => SocketId::new_v6(),
+        },
     }
 }
 

@@ -33,6 +33,15 @@ pub struct Child {
 impl Child {
     /// Starts `argv` in a new process group, with `privileges` applied.
     pub fn spawn(argv: &[OsString], privileges: &ChildPrivileges) -> Result<Self> {
+        Self::spawn_with(argv, privileges, &[])
+    }
+
+    /// As [`Child::spawn`], with `environment` added to what drainer was given.
+    pub fn spawn_with(
+        argv: &[OsString],
+        privileges: &ChildPrivileges,
+        environment: &[(&str, u16)],
+    ) -> Result<Self> {
         let Some((program, args)) = argv.split_first() else {
             bail!(
                 "no command to run: give it after `--`, e.g. `drainer run --port 8000 -- uvicorn app:app`"
@@ -44,6 +53,9 @@ impl Child {
             .process_group(0)
             // systemd talks to drainer; the server must not report readiness in its place.
             .env_remove("NOTIFY_SOCKET");
+        for (name, value) in environment {
+            command.env(name, value.to_string());
+        }
         let privileges = privileges.clone();
         let open_files = hardening::inherited_open_files_limit();
         // SAFETY: setrlimit and `apply` make system calls only, as the time between fork and exec
@@ -80,6 +92,19 @@ impl Child {
     pub fn kill_group(&self) -> Result<()> {
         killpg(self.pid, Signal::SIGKILL)
             .with_context(|| format!("killing process group {}", self.pid))
+    }
+
+    /// [`Child::kill_group`], then waits for the child itself to be gone (SIGKILL takes it at
+    /// once), so a generation given up leaves no zombie behind.
+    pub fn kill_and_reap(&self) -> Result<ExitStatus> {
+        self.kill_group()?;
+        loop {
+            match waitpid(self.pid, None).context("waitpid on a killed command")? {
+                WaitStatus::Exited(_, code) => return Ok(ExitStatus::Code(code)),
+                WaitStatus::Signaled(_, signal, _) => return Ok(ExitStatus::Signal(signal)),
+                _ => {}
+            }
+        }
     }
 
     /// Reaps the child once its pidfd has turned readable; `None` while it still runs.

@@ -1,10 +1,13 @@
 //! `drainer run`: guard the ports, start the server as a child, and hold its stop signal back
-//! until its connections have drained.
+//! until its connections have drained; with `--restart-signal`, restart it on that signal without
+//! refusing anyone ([`restart`]).
 //!
-//! After start-up the event loop adds two sources to the engine's: the child's pidfd (it exited)
-//! and the signals passed through to it.
+//! After start-up the event loop adds its sources to the engine's: the serving generation's
+//! pidfd (it exited), a restart's other generation's, and the signals passed through to it (or
+//! restarting it).
 mod child;
 mod privileges;
+mod restart;
 
 use std::{ffi::OsString, time::Duration};
 
@@ -15,22 +18,24 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
 };
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
+pub use self::restart::RestartOptions;
 use self::{
     child::{Child, ExitStatus},
     privileges::{ChildPrivileges, Identity},
+    restart::{Generation, Restart},
 };
 use crate::{
     engine::{
-        Action, Engine,
+        Action, Engine, EngineInput,
         policy::{Drain, DrainSettings, Phase, Trigger},
     },
-    event_loop::{EventLoop, Input, watch},
+    event_loop::{EventLoop, Input},
     kernel::{Kernel, Netns, Target},
     system::capabilities::{
         self, CAP_BPF, CAP_KILL, CAP_NET_ADMIN, CAP_PERFMON, CAP_SETGID, CAP_SETPCAP, CAP_SETUID,
-        Capability,
+        CAP_SYS_PTRACE, Capability,
     },
 };
 
@@ -43,6 +48,8 @@ pub struct RunOptions {
     pub user: Option<String>,
     pub group: Option<String>,
     pub command: Vec<OsString>,
+    /// Restart the server on a signal, into a new generation on a port of its own.
+    pub restart: Option<RestartOptions>,
 }
 
 /// Signals passed through to the server as they arrive.
@@ -68,6 +75,10 @@ pub fn run(options: RunOptions) -> Result<i32> {
     if identity.is_some() {
         needed.extend([CAP_SETUID, CAP_SETGID, CAP_KILL]);
     }
+    if options.restart.is_some() {
+        // Copying the generations' listening sockets (pidfd_getfd).
+        needed.push(CAP_SYS_PTRACE);
+    }
     capabilities::require(&needed)?;
     let privileges = ChildPrivileges::new(identity)?;
     let netns = Netns::current()?;
@@ -75,6 +86,7 @@ pub fn run(options: RunOptions) -> Result<i32> {
         ports: &options.ports,
         netns: &netns,
         privileges: &ATTACH_PRIVILEGES,
+        restarts: options.restart.is_some(),
     })?;
     let drain = Drain::new(options.drain, Some(options.kill_after));
     let engine = Engine::new(kernel, drain, options.kill_after);
@@ -83,8 +95,23 @@ pub fn run(options: RunOptions) -> Result<i32> {
 
 /// What `run` adds to the engine's inputs.
 enum ChildInput {
+    /// The serving generation exited.
     Exited(ExitStatus),
+    /// A restart's other generation exited.
+    OtherExited(ExitStatus),
     Forward(Signal),
+}
+
+/// The generations of the server and what drainer does with them.
+struct Supervisor {
+    options: RunOptions,
+    privileges: ChildPrivileges,
+    serving: Generation,
+    restart: Option<Restart>,
+    /// A restart signal came while a restart was under way: its restart follows.
+    restart_pending: bool,
+    /// The server was sent its release.
+    released: bool,
 }
 
 async fn supervise(
@@ -94,56 +121,239 @@ async fn supervise(
 ) -> Result<i32> {
     // Listen before the child exists, so no signal sent from then on is lost.
     let mut event_loop = EventLoop::new(engine.kernel_mut())?;
-    let mut forwarded = forward_signals()?;
+    let restart_signal = options.restart.map(|restart| restart.signal);
+    let mut forwarded = forward_signals(restart_signal)?;
 
-    let child = watch(Child::spawn(&options.command, &privileges)?)
-        .context("watching the command's pidfd")?;
+    let serving = match options.restart {
+        Some(_) => Generation::start(1, &options.command, options.ports[0], &privileges)?,
+        None => Generation {
+            number: 1,
+            child: event_loop_watch(Child::spawn(&options.command, &privileges)?)?,
+            port: options.ports[0],
+        },
+    };
     // Signalling the server (which may run as another user) is all that is left to do, and
-    // attaching the programs when a drain starts.
-    capabilities::keep(&[CAP_KILL], &ATTACH_PRIVILEGES)?;
-    info!(
-        pid = child.get_ref().pid().as_raw(),
-        "started {}",
-        command_line(&options.command)
-    );
+    // attaching the programs when a drain starts. A restart also copies the generations'
+    // listeners, and starts a generation as the first one was started.
+    let mut held = ATTACH_PRIVILEGES.to_vec();
+    if options.restart.is_some() {
+        held.push(CAP_SYS_PTRACE);
+        held.extend(privileges.needed());
+        capabilities::keep_for_later_children(&[CAP_KILL], &held)?;
+    } else {
+        capabilities::keep(&[CAP_KILL], &held)?;
+    }
+    let started = match options.restart {
+        Some(_) => restart::with_port(&options.command, options.ports[0]),
+        None => options.command.clone(),
+    };
+    info!(pid = serving.pid(), "started {}", command_line(&started));
     engine
         .systemd()
         .ready(&format!("serving: {} live", engine.count()?.live));
 
-    let mut released = false;
-    let supervised = follow(
-        &mut event_loop,
-        &mut engine,
-        &child,
-        &mut forwarded,
-        &mut released,
-    )
-    .await;
+    let mut supervisor = Supervisor {
+        options,
+        privileges,
+        serving,
+        restart: None,
+        restart_pending: false,
+        released: false,
+    };
+    let supervised = supervisor
+        .follow(&mut event_loop, &mut engine, &mut forwarded)
+        .await;
     if let Err(err) = &supervised {
-        release_on_failure(&engine, child.get_ref(), released, err);
+        release_on_failure(
+            &engine,
+            supervisor.serving.child(),
+            supervisor.released,
+            err,
+        );
     }
     supervised
 }
 
-/// Runs the loop until the child exits; returns drainer's exit code. `released` tells whether
-/// the server was sent its release.
-async fn follow(
-    event_loop: &mut EventLoop,
-    engine: &mut Engine,
-    child: &AsyncFd<Child>,
-    forwarded: &mut mpsc::UnboundedReceiver<Signal>,
-    released: &mut bool,
-) -> Result<i32> {
-    loop {
-        let from_child = child_input(child, forwarded);
-        let actions = match event_loop.next(engine.next_wakeup(), from_child).await? {
-            Input::Engine(input) => engine.on(input)?,
-            Input::Mode(ChildInput::Forward(signal)) => vec![Action::Forward(signal)],
-            Input::Mode(ChildInput::Exited(status)) => return Ok(exited(status)),
+fn event_loop_watch(child: Child) -> Result<AsyncFd<Child>> {
+    crate::event_loop::watch(child).context("watching the command's pidfd")
+}
+
+impl Supervisor {
+    /// Runs the loop until the serving generation exits; returns drainer's exit code.
+    async fn follow(
+        &mut self,
+        event_loop: &mut EventLoop,
+        engine: &mut Engine,
+        forwarded: &mut mpsc::UnboundedReceiver<Signal>,
+    ) -> Result<i32> {
+        loop {
+            let wakeup = [
+                engine.next_wakeup(),
+                self.restart.as_ref().and_then(Restart::next_wakeup),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let from_children = child_input(
+                &self.serving.child,
+                self.restart.as_ref().map(|restart| &restart.other().child),
+                forwarded,
+            );
+            let actions = match event_loop.next(wakeup, from_children).await? {
+                Input::Engine(EngineInput::StopSignal(signal)) => {
+                    if let Some(restart) = self.restart.take() {
+                        self.restart = restart.on_stop(engine.kernel_mut())?;
+                    }
+                    self.restart_pending = false;
+                    engine.on(EngineInput::StopSignal(signal))?
+                }
+                Input::Engine(EngineInput::CountsChanged) => {
+                    let actions = engine.on(EngineInput::CountsChanged)?;
+                    if let Some(restart) = &mut self.restart {
+                        restart.on_counts(engine.kernel())?;
+                    }
+                    actions
+                }
+                Input::Engine(EngineInput::Timer) => {
+                    let now = std::time::Instant::now();
+                    if let Some(restart) = self.restart.take() {
+                        self.restart = if restart.next_wakeup().is_some_and(|at| at <= now) {
+                            restart.on_timer(
+                                engine.kernel_mut(),
+                                &mut self.serving,
+                                self.options.drain,
+                            )?
+                        } else {
+                            Some(restart)
+                        };
+                        self.restart_if_pending(engine)?;
+                    }
+                    engine.on(EngineInput::Timer)?
+                }
+                Input::Listening => {
+                    if let Some(restart) = self.restart.take() {
+                        self.restart = restart.on_listening(
+                            engine.kernel_mut(),
+                            &mut self.serving,
+                            self.options.drain,
+                        )?;
+                        self.restart_if_pending(engine)?;
+                    }
+                    Vec::new()
+                }
+                Input::Mode(ChildInput::Forward(signal)) => {
+                    if Some(signal) == self.options.restart.map(|r| r.signal) {
+                        self.restart_asked(engine)?;
+                        Vec::new()
+                    } else {
+                        vec![Action::Forward(signal)]
+                    }
+                }
+                Input::Mode(ChildInput::OtherExited(status)) => {
+                    if let Some(restart) = self.restart.take() {
+                        restart.on_exit(engine.kernel_mut(), &self.serving, status)?;
+                    }
+                    self.restart_if_pending(engine)?;
+                    Vec::new()
+                }
+                Input::Mode(ChildInput::Exited(status)) => {
+                    if let Some(restart) = &self.restart {
+                        warn!(
+                            "generation {} of the server exited while generation {} (pid {}) \
+                             still ran: it runs on unsupervised",
+                            self.serving.number,
+                            restart.other().number,
+                            restart.other().pid()
+                        );
+                    }
+                    return Ok(exited(status));
+                }
+            };
+            for action in actions {
+                self.released |= matches!(action, Action::Release { .. });
+                self.carry_out(action, engine)?;
+            }
+        }
+    }
+
+    /// A restart signal: a restart starts now, or once the one under way is done; none once a
+    /// stop has begun.
+    fn restart_asked(&mut self, engine: &mut Engine) -> Result<()> {
+        if engine.phase() != Phase::Serving {
+            warn!("restart signal ignored: the server is being stopped");
+            return Ok(());
+        }
+        if let Some(restart) = &self.restart {
+            info!(
+                "restart signal: generation {} is still being restarted; the next restart \
+                 follows once it is done",
+                restart.other().number.max(self.serving.number)
+            );
+            self.restart_pending = true;
+            return Ok(());
+        }
+        self.begin_restart(engine)
+    }
+
+    fn restart_if_pending(&mut self, engine: &mut Engine) -> Result<()> {
+        if self.restart.is_none() && std::mem::take(&mut self.restart_pending) {
+            return self.begin_restart(engine);
+        }
+        Ok(())
+    }
+
+    fn begin_restart(&mut self, engine: &mut Engine) -> Result<()> {
+        let Some(options) = self.options.restart else {
+            return Ok(());
         };
-        for action in actions {
-            *released |= matches!(action, Action::Release { .. });
-            carry_out(action, engine, child.get_ref())?;
+        match Restart::begin(
+            engine.kernel_mut(),
+            &self.serving,
+            &self.options.command,
+            &self.privileges,
+            options,
+        ) {
+            Ok(restart) => self.restart = Some(restart),
+            Err(err) => warn!(
+                "restart: could not start generation {}: {err:#}; generation {} serves on",
+                self.serving.number + 1,
+                self.serving.number
+            ),
+        }
+        Ok(())
+    }
+
+    fn carry_out(&mut self, action: Action, engine: &Engine) -> Result<()> {
+        let child = self.serving.child();
+        match action {
+            Action::Release { trigger, .. } => {
+                let signal = match trigger {
+                    Trigger::Signal(signal) => signal,
+                    Trigger::Request => Signal::SIGTERM,
+                };
+                if let Some(restart) = &self.restart {
+                    // Counted together with the serving one since the stop began: released with it.
+                    let replaced = restart.other();
+                    info!("sending {signal} to generation {} too", replaced.number);
+                    replaced.child().signal(signal)?;
+                }
+                info!("sending {signal} to the server");
+                engine
+                    .systemd()
+                    .stopping(&format!("released: sent {signal} to the server"));
+                child.signal(signal)
+            }
+            Action::Forward(signal) => {
+                info!("forwarding {signal} to the server");
+                child.signal(signal)
+            }
+            Action::Kill => {
+                error!("the server did not exit within --kill-after; killing its process group");
+                if let Some(restart) = &self.restart {
+                    restart.other().child().kill_group()?;
+                }
+                child.kill_group()
+            }
         }
     }
 }
@@ -174,53 +384,42 @@ fn release_on_failure(engine: &Engine, child: &Child, released: bool, err: &anyh
     }
 }
 
-/// The child's exit, or a signal to pass through to it.
+/// The serving generation's exit, the restart's other generation's, or a signal to pass through.
 async fn child_input(
-    child: &AsyncFd<Child>,
+    serving: &AsyncFd<Child>,
+    other: Option<&AsyncFd<Child>>,
     forwarded: &mut mpsc::UnboundedReceiver<Signal>,
 ) -> Result<ChildInput> {
+    let other_exit = async {
+        match other {
+            Some(other) => exit_of(other).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        Some(signal) = forwarded.recv() => Ok(ChildInput::Forward(signal)),
+        status = exit_of(serving) => Ok(ChildInput::Exited(status?)),
+        status = other_exit => Ok(ChildInput::OtherExited(status?)),
+    }
+}
+
+/// Waits for `child` to exit, and reaps it.
+async fn exit_of(child: &AsyncFd<Child>) -> Result<ExitStatus> {
     loop {
-        tokio::select! {
-            Some(signal) = forwarded.recv() => return Ok(ChildInput::Forward(signal)),
-            ready = child.readable() => {
-                let mut ready = ready?;
-                if let Some(status) = child.get_ref().try_exit_status()? {
-                    return Ok(ChildInput::Exited(status));
-                }
-                ready.clear_ready();
-            }
+        let mut ready = child.readable().await?;
+        if let Some(status) = child.get_ref().try_exit_status()? {
+            return Ok(status);
         }
+        ready.clear_ready();
     }
 }
 
-fn carry_out(action: Action, engine: &Engine, child: &Child) -> Result<()> {
-    match action {
-        Action::Release { trigger, .. } => {
-            let signal = match trigger {
-                Trigger::Signal(signal) => signal,
-                Trigger::Request => Signal::SIGTERM,
-            };
-            info!("sending {signal} to the server");
-            engine
-                .systemd()
-                .stopping(&format!("released: sent {signal} to the server"));
-            child.signal(signal)
-        }
-        Action::Forward(signal) => {
-            info!("forwarding {signal} to the server");
-            child.signal(signal)
-        }
-        Action::Kill => {
-            error!("the server did not exit within --kill-after; killing its process group");
-            child.kill_group()
-        }
-    }
-}
-
-/// One channel for all the signals passed through, so the loop waits on a single receiver.
-fn forward_signals() -> Result<mpsc::UnboundedReceiver<Signal>> {
+/// One channel for all the signals passed through, and the restart signal, so the loop waits on a
+/// single receiver.
+fn forward_signals(restart: Option<Signal>) -> Result<mpsc::UnboundedReceiver<Signal>> {
     let (sender, receiver) = mpsc::unbounded_channel();
-    for sig in FORWARDED {
+    let extra = restart.filter(|signal| !FORWARDED.contains(signal));
+    for sig in FORWARDED.into_iter().chain(extra) {
         let mut stream = signal(SignalKind::from_raw(sig as i32))?;
         let sender = sender.clone();
         tokio::task::spawn_local(async move {

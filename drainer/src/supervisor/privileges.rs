@@ -29,8 +29,9 @@ use nix::{
 };
 
 use crate::system::capabilities::{
-    CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_MODULE, CAP_SYS_PTRACE,
-    CAP_SYS_RAWIO, Capability, CapabilitySets, drop_from_bounding_set, last_capability,
+    CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SETGID, CAP_SETPCAP, CAP_SETUID, CAP_SYS_ADMIN,
+    CAP_SYS_MODULE, CAP_SYS_PTRACE, CAP_SYS_RAWIO, Capability, CapabilitySets,
+    drop_from_bounding_set, last_capability,
 };
 
 /// The capabilities the server never holds.
@@ -118,6 +119,16 @@ impl ChildPrivileges {
             WITHHELD.iter().map(|cap| cap.bit).collect()
         };
         Ok(Self { identity, drop })
+    }
+
+    /// What a process needs effective to start a child with these restrictions: dropping
+    /// bounding-set bits, and switching users.
+    pub fn needed(&self) -> Vec<Capability> {
+        let mut needed = vec![CAP_SETPCAP];
+        if self.identity.is_some() {
+            needed.extend([CAP_SETUID, CAP_SETGID]);
+        }
+        needed
     }
 
     /// Applies the restrictions to the calling process. Runs between fork and exec: system calls

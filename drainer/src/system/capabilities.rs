@@ -200,12 +200,23 @@ pub fn keep_only(kept: &[Capability]) -> Result<()> {
 /// Leaves `effective` effective and `held` only permitted — out of use until [`raise`]d — and
 /// drops every other capability from all of drainer's own sets, bounding included.
 pub fn keep(effective: &[Capability], held: &[Capability]) -> Result<()> {
+    keep_sets(effective, held, true)
+}
+
+/// As [`keep`], but the bounding set stays whole: only exec consults it, and a server started
+/// later (a restart's next generation) must get from it what the first one got.
+pub fn keep_for_later_children(effective: &[Capability], held: &[Capability]) -> Result<()> {
+    keep_sets(effective, held, false)
+}
+
+fn keep_sets(effective: &[Capability], held: &[Capability], trim_bounding: bool) -> Result<()> {
     let named = |list: &[Capability], cap: u32| list.iter().any(|k| k.bit == cap);
     let last = last_capability()?;
     let mut sets = CapabilitySets::current().context("capget")?;
-    // Only exec consults the bounding set, and drainer execs nothing after start-up: trimming it
-    // is thoroughness, done when drainer holds CAP_SETPCAP (as root does) and skipped otherwise.
-    if sets.effective(CAP_SETPCAP.bit) {
+    // Only exec consults the bounding set, and drainer execs nothing after start-up unless it
+    // restarts the server: trimming it is thoroughness, done when drainer holds CAP_SETPCAP (as
+    // root does) and skipped otherwise.
+    if trim_bounding && sets.effective(CAP_SETPCAP.bit) {
         for cap in (0..=last).filter(|&cap| !named(effective, cap)) {
             drop_from_bounding_set(cap)
                 .with_context(|| format!("dropping capability {cap} from the bounding set"))?;

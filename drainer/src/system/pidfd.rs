@@ -52,6 +52,25 @@ impl Process {
         self.pid
     }
 
+    /// pidfd_getfd(2): a copy of the process's descriptor `fd`, close-on-exec, sharing its open
+    /// file (for a socket: the socket itself). Needs the right to ptrace the process
+    /// (PTRACE_MODE_ATTACH_REALCREDS: CAP_SYS_PTRACE for a process of another user, or one holding
+    /// capabilities the caller lacks).
+    pub fn copy_fd(&self, fd: RawFd) -> io::Result<OwnedFd> {
+        // SAFETY: pidfd_getfd(2) on a descriptor we own, no flags; the result is checked.
+        let copy = Errno::result(unsafe {
+            libc::syscall(libc::SYS_pidfd_getfd, self.fd.as_raw_fd(), fd, 0)
+        })
+        .map_err(|err| {
+            io::Error::other(format!(
+                "copying descriptor {fd} of process {} (pidfd_getfd): {err}",
+                self.pid
+            ))
+        })?;
+        // SAFETY: a fresh descriptor nobody else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(copy as RawFd) })
+    }
+
     /// Sends `signal`; false if the process has exited (and been reaped) since it was opened.
     pub fn signal(&self, signal: Signal) -> io::Result<bool> {
         self.send(signal as libc::c_int)

@@ -1,0 +1,507 @@
+//! Restarts of the server (`drainer run --restart-signal`): on that signal a new generation of
+//! the command starts on a port of its own; once it listens, new connections for the public port
+//! go to it, while the generation it replaces keeps its own connections — established, in its
+//! accept queue, or completing a handshake it began — and drains them exactly as a stop would,
+//! then receives its stop signal. Nobody connected is cut, and nobody connecting is refused.
+//!
+//! One restart runs at a time: from the signal until the replaced generation has exited. A
+//! restart signal meanwhile is remembered, and that restart starts as soon as this one is done.
+//! A next generation that exits, or does not listen within the ready timeout, is stopped, and the
+//! serving generation goes on as if nothing had happened.
+use std::{
+    ffi::OsString,
+    net::{Ipv6Addr, SocketAddr, TcpListener},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use nix::sys::signal::Signal;
+use tokio::io::unix::AsyncFd;
+use tracing::{info, warn};
+
+use super::{
+    child::{Child, ExitStatus},
+    privileges::ChildPrivileges,
+};
+use crate::{
+    engine::policy::{Activity, Drain, DrainSettings, Phase, ReleaseReason, Step},
+    event_loop::watch,
+    kernel::{Kernel, Listener},
+    system::capabilities,
+};
+
+/// Where `{port}` stands in the command's arguments.
+const PORT_PLACEHOLDER: &str = "{port}";
+/// The environment variable holding a generation's port, for servers that read it from there.
+pub const PORT_VARIABLE: &str = "DRAINER_PORT";
+/// A listener announced by the kernel may not be in the socket table yet (`listen()` announces
+/// itself just before it joins the listening table): look again after this, doubling, a few
+/// times.
+const LISTENER_RETRY: Duration = Duration::from_millis(1);
+const LISTENER_RETRIES: u32 = 10;
+/// The replaced generation's count is logged as it falls, at most this often.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Copy, Debug)]
+pub struct RestartOptions {
+    /// The signal that restarts the server.
+    pub signal: Signal,
+    /// How long a new generation may take to listen on its port.
+    pub ready_timeout: Duration,
+}
+
+/// One run of the server's command.
+pub struct Generation {
+    pub number: u32,
+    pub child: AsyncFd<Child>,
+    /// The port it was given for the public port.
+    pub port: u16,
+}
+
+impl Generation {
+    /// Starts generation `number` of `command` with `port` for `{port}`.
+    pub fn start(
+        number: u32,
+        command: &[OsString],
+        port: u16,
+        privileges: &ChildPrivileges,
+    ) -> Result<Self> {
+        let _raised = capabilities::raise(&privileges.needed())?;
+        let child = Child::spawn_with(
+            &with_port(command, port),
+            privileges,
+            &[(PORT_VARIABLE, port)],
+        )?;
+        Ok(Self {
+            number,
+            child: watch(child).context("watching the command's pidfd")?,
+            port,
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.get_ref().pid().as_raw()
+    }
+
+    pub fn child(&self) -> &Child {
+        self.child.get_ref()
+    }
+}
+
+/// `command` with every `{port}` in its arguments replaced by `port`.
+pub fn with_port(command: &[OsString], port: u16) -> Vec<OsString> {
+    command
+        .iter()
+        .map(|arg| match arg.to_str() {
+            Some(text) if text.contains(PORT_PLACEHOLDER) => {
+                text.replace(PORT_PLACEHOLDER, &port.to_string()).into()
+            }
+            _ => arg.clone(),
+        })
+        .collect()
+}
+
+/// A restart under way.
+pub enum Restart {
+    /// The next generation runs and does not listen on its port yet.
+    Starting {
+        next: Generation,
+        started: Instant,
+        deadline: Instant,
+        /// When to look for its listener again after an announcement found none, and how many
+        /// looks that will make.
+        retry: Option<(Instant, u32)>,
+    },
+    /// New connections go to the next generation, which now serves; the replaced one drains.
+    Draining {
+        replaced: Generation,
+        drain: Drain,
+        /// The last count logged, and when.
+        logged: Option<(i64, Instant)>,
+    },
+}
+
+impl Restart {
+    /// Starts the next generation, on the public port when nothing listens there, on a free port
+    /// otherwise, and watches for it to listen.
+    pub fn begin(
+        kernel: &mut Kernel,
+        serving: &Generation,
+        command: &[OsString],
+        privileges: &ChildPrivileges,
+        options: RestartOptions,
+    ) -> Result<Self> {
+        let public = kernel.ports()[0];
+        let port = if kernel.listening(public)? {
+            free_port().context("choosing a port for the next generation")?
+        } else {
+            public
+        };
+        kernel.watch_listeners(port)?;
+        let next = match Generation::start(serving.number + 1, command, port, privileges) {
+            Ok(next) => next,
+            Err(err) => {
+                kernel.stop_watching_listeners()?;
+                return Err(err);
+            }
+        };
+        info!(
+            pid = next.pid(),
+            "restart: generation {} started on port {port}; generation {} serves until it listens",
+            next.number,
+            serving.number
+        );
+        let now = Instant::now();
+        Ok(Self::Starting {
+            next,
+            started: now,
+            deadline: now + options.ready_timeout,
+            retry: None,
+        })
+    }
+
+    /// The child the restart watches besides the serving one: the next generation, or the
+    /// replaced one.
+    pub fn other(&self) -> &Generation {
+        match self {
+            Self::Starting { next, .. } => next,
+            Self::Draining { replaced, .. } => replaced,
+        }
+    }
+
+    /// When [`Restart::on_timer`] is next due.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        match self {
+            Self::Starting {
+                deadline, retry, ..
+            } => Some(retry.map_or(*deadline, |(at, _)| at.min(*deadline))),
+            Self::Draining { drain, .. } => drain.next_timer(),
+        }
+    }
+
+    /// The kernel announced a listener on the watched port: once the next generation's is found,
+    /// the switch.
+    pub fn on_listening(
+        self,
+        kernel: &mut Kernel,
+        serving: &mut Generation,
+        settings: DrainSettings,
+    ) -> Result<Option<Self>> {
+        self.look_for_listener(kernel, serving, settings, 0)
+    }
+
+    fn look_for_listener(
+        self,
+        kernel: &mut Kernel,
+        serving: &mut Generation,
+        settings: DrainSettings,
+        looks: u32,
+    ) -> Result<Option<Self>> {
+        let Self::Starting {
+            next,
+            started,
+            deadline,
+            ..
+        } = self
+        else {
+            return Ok(Some(self));
+        };
+        let listeners = kernel.listeners(next.pid(), next.port)?;
+        if listeners.is_empty() {
+            let retry = (looks < LISTENER_RETRIES)
+                .then(|| (Instant::now() + LISTENER_RETRY * 2u32.pow(looks), looks + 1));
+            return Ok(Some(Self::Starting {
+                next,
+                started,
+                deadline,
+                retry,
+            }));
+        }
+        info!(
+            "restart: generation {} listening on port {} after {:.3} s",
+            next.number,
+            next.port,
+            started.elapsed().as_secs_f64()
+        );
+        match switch(kernel, serving, next, &listeners, settings) {
+            Ok(draining) => Ok(Some(draining)),
+            Err((next, err)) => {
+                warn!(
+                    "restart: could not hand new connections to generation {} ({err:#}); \
+                     stopping it, generation {} serves on",
+                    next.number, serving.number
+                );
+                give_up(kernel, &next)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The count changed: the replaced generation may be drained.
+    pub fn on_counts(&mut self, kernel: &Kernel) -> Result<()> {
+        let Self::Draining {
+            replaced,
+            drain,
+            logged,
+        } = self
+        else {
+            return Ok(());
+        };
+        let count = kernel.counts()?.total();
+        let now = Instant::now();
+        if logged.is_none_or(|(live, at)| live != count.live && now >= at + PROGRESS_EVERY) {
+            info!(
+                live = count.live,
+                "restart: generation {}: {} live", replaced.number, count.live
+            );
+            *logged = Some((count.live, now));
+        }
+        if let Some(step) = drain.on_count(count, Activity::Unknown, now) {
+            carry_out(replaced, step)?;
+        }
+        Ok(())
+    }
+
+    /// A timer is due: a second look for a listener, the ready timeout, or the replaced
+    /// generation's deadline or kill timer. `None`: the restart was given up.
+    pub fn on_timer(
+        mut self,
+        kernel: &mut Kernel,
+        serving: &mut Generation,
+        settings: DrainSettings,
+    ) -> Result<Option<Self>> {
+        let now = Instant::now();
+        match &mut self {
+            Self::Starting {
+                next,
+                deadline,
+                retry,
+                ..
+            } => {
+                if let Some((at, looks)) = *retry
+                    && now >= at
+                {
+                    *retry = None;
+                    return self.look_for_listener(kernel, serving, settings, looks);
+                }
+                if now >= *deadline {
+                    warn!(
+                        "restart: generation {} did not listen on port {} within the ready \
+                         timeout; stopping it, generation {} serves on",
+                        next.number, next.port, serving.number
+                    );
+                    give_up(kernel, next)?;
+                    return Ok(None);
+                }
+            }
+            Self::Draining {
+                replaced, drain, ..
+            } => {
+                for step in drain.on_timer(now) {
+                    carry_out(replaced, step)?;
+                }
+            }
+        }
+        Ok(Some(self))
+    }
+
+    /// The restart's other child exited: the restart is over.
+    pub fn on_exit(
+        self,
+        kernel: &mut Kernel,
+        serving: &Generation,
+        status: ExitStatus,
+    ) -> Result<()> {
+        match self {
+            Self::Starting { next, .. } => {
+                let public = kernel.ports()[0];
+                let hint = if next.port == public {
+                    String::new()
+                } else {
+                    format!(
+                        " (a server that binds port {public} itself rather than {{port}} finds it \
+                         taken)"
+                    )
+                };
+                warn!(
+                    "restart: generation {} exited with {status} before it listened on port {}{hint}; \
+                     generation {} serves on",
+                    next.number, next.port, serving.number
+                );
+                kernel.stop_watching_listeners()
+            }
+            Self::Draining {
+                replaced, drain, ..
+            } => {
+                if matches!(drain.phase(), Phase::Released { .. }) {
+                    info!(
+                        "restart: generation {} exited with {status}; restart done, generation {} \
+                         serves",
+                        replaced.number, serving.number
+                    );
+                } else {
+                    warn!(
+                        "restart: generation {} exited with {status} before its connections \
+                         drained; generation {} serves",
+                        replaced.number, serving.number
+                    );
+                }
+                kernel.end_restart()
+            }
+        }
+    }
+
+    /// A stop signal reached drainer: a next generation that does not serve yet is stopped.
+    /// `None`: nothing of the restart is left.
+    pub fn on_stop(self, kernel: &mut Kernel) -> Result<Option<Self>> {
+        match self {
+            Self::Starting { next, .. } => {
+                warn!(
+                    "restart: stopping before generation {} listened: stopping it too",
+                    next.number
+                );
+                give_up(kernel, &next)?;
+                Ok(None)
+            }
+            draining @ Self::Draining { .. } => Ok(Some(draining)),
+        }
+    }
+}
+
+/// The switch: the serving generation becomes the replaced one, its connections alone counted
+/// from now on, and new connections go to `next`. On failure `next` is handed back.
+fn switch(
+    kernel: &mut Kernel,
+    serving: &mut Generation,
+    next: Generation,
+    listeners: &[Listener],
+    settings: DrainSettings,
+) -> std::result::Result<Restart, (Generation, anyhow::Error)> {
+    let public = kernel.ports()[0];
+    let replaced_listeners = match kernel.listeners(serving.pid(), serving.port) {
+        Ok(found) => found,
+        Err(err) => return Err((next, err)),
+    };
+    let steer_to = (next.port != public).then_some(listeners);
+    if let Err(err) = kernel.switch_generations(public, &replaced_listeners, steer_to) {
+        return Err((next, err));
+    }
+    match steer_to {
+        Some(listeners) => {
+            describe_listeners(next.number, listeners);
+            info!(
+                "restart: new connections for port {public} go to generation {} on port {}",
+                next.number, next.port
+            );
+        }
+        None => info!(
+            "restart: generation {} listens on port {public} itself: nothing steers",
+            next.number
+        ),
+    }
+    let replaced = std::mem::replace(serving, next);
+    let mut drain = Drain::new(
+        DrainSettings {
+            accept_for: Duration::ZERO,
+            ..settings
+        },
+        None,
+    );
+    // For the replaced generation the switch is what refusal is for a stop: no new connection
+    // reaches it any more.
+    let _ = drain.on_stop_signal(Signal::SIGTERM, Instant::now());
+    let mut draining = Restart::Draining {
+        replaced,
+        drain,
+        logged: None,
+    };
+    if let Err(err) = draining.on_counts(kernel) {
+        warn!("restart: reading the replaced generation's count: {err:#}");
+    }
+    Ok(draining)
+}
+
+/// Stops a generation that never served: its process group, at once.
+fn give_up(kernel: &mut Kernel, generation: &Generation) -> Result<()> {
+    kernel.stop_watching_listeners()?;
+    generation.child().kill_and_reap().map(drop)
+}
+
+/// Carries out a step of the replaced generation's drain.
+fn carry_out(replaced: &Generation, step: Step) -> Result<()> {
+    match step {
+        Step::Release { reason, .. } => {
+            let why = match reason {
+                ReleaseReason::Drained => "its connections have all closed",
+                ReleaseReason::Idle => "its connections left are idle",
+                ReleaseReason::DeadlinePassed => "the drain deadline passed",
+                ReleaseReason::SecondSignal | ReleaseReason::Forced => "asked to",
+            };
+            info!(
+                "restart: generation {} released ({why}): sending SIGTERM",
+                replaced.number
+            );
+            replaced.child().signal(Signal::SIGTERM)
+        }
+        Step::Kill => {
+            warn!(
+                "restart: generation {} did not exit within --kill-after; killing its process group",
+                replaced.number
+            );
+            replaced.child().kill_group()
+        }
+        Step::StartDraining | Step::StartRefusing | Step::Resume | Step::Forward(_) => Ok(()),
+    }
+}
+
+fn describe_listeners(generation: u32, listeners: &[Listener]) {
+    let kinds: Vec<&str> = listeners
+        .iter()
+        .map(|l| match (l.ipv6, l.dual_stack) {
+            (false, _) => "IPv4",
+            (true, false) => "IPv6",
+            (true, true) => "IPv6 and IPv4",
+        })
+        .collect();
+    info!(
+        "restart: generation {generation} holds {} listener(s): {}",
+        listeners.len(),
+        kinds.join(", ")
+    );
+}
+
+/// A port nothing in this network namespace listens on now, of the kernel's choosing.
+fn free_port() -> std::io::Result<u16> {
+    let listener = TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)))
+        .or_else(|_| TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], 0))))?;
+    Ok(listener.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_placeholders_are_replaced_in_every_argument() {
+        let command: Vec<OsString> = [
+            "uvicorn",
+            "app:app",
+            "--port",
+            "{port}",
+            "--bind=127.0.0.1:{port}",
+        ]
+        .map(OsString::from)
+        .to_vec();
+        assert_eq!(
+            with_port(&command, 41234),
+            [
+                "uvicorn",
+                "app:app",
+                "--port",
+                "41234",
+                "--bind=127.0.0.1:41234"
+            ]
+            .map(OsString::from)
+        );
+    }
+}
