@@ -18,9 +18,9 @@
 //! generation's listener, taken from [`STEER_TO`], whatever address and port the listener is
 //! bound to. The connection keeps the public address and port as its local ones. With no
 //! listener in the entry (none given, or it closed: the map does not keep a socket alive) the
-//! usual lookup decides. When both programs run, a refusal wins: its drop ends the lookup. Cost,
-//! while attached: a few compares, one map lookup and the assignment per new connection in this
-//! namespace.
+//! usual lookup decides. With several programs attached, a socket one of them selects wins over
+//! another's drop, so userspace empties the map when refusal starts. Cost, while attached: a few
+//! compares, one map lookup and the assignment per new connection in this namespace.
 use aya_ebpf::{
     macros::{map, sk_lookup},
     maps::SockMap,

@@ -195,11 +195,11 @@ impl Kernel {
         }
     }
 
-    /// The replaced generation is gone: its connections are no longer followed. Steering, if
-    /// any, stays.
+    /// The replaced generation is gone: its connections are no longer followed (unless a drain
+    /// follows every connection since). Steering, if any, stays.
     pub fn end_restart(&mut self) -> Result<()> {
         self.programs.stop_watching_listeners()?;
-        self.programs.stop_tracking()
+        self.programs.stop_restart_tracking()
     }
 
     /// From now on every new connection to the ports is refused.

@@ -139,6 +139,8 @@ pub(super) struct Programs {
     listen_watch: Option<BtfTracePointLinkId>,
     /// While the serving generation listens on a port other than the public one.
     steering: Option<SkLookupLinkId>,
+    /// The tracking under way follows a restart's replaced generation alone.
+    restart_tracking: bool,
 }
 
 impl Programs {
@@ -184,6 +186,7 @@ impl Programs {
             refusal: None,
             listen_watch: None,
             steering: None,
+            restart_tracking: false,
         };
         programs.load_transitions(&btf)?;
         if target.restarts {
@@ -245,6 +248,7 @@ impl Programs {
         self.forget_outbound()?;
         self.set_switch(SWITCH_SEEDED, false)?;
         self.set_switch(SWITCH_RESTART, restart)?;
+        self.restart_tracking = restart;
 
         // Order matters: state changes are followed before the existing connections are swept,
         // so no connection falls between the two; see drainer-ebpf/src/tracking.rs.
@@ -354,6 +358,16 @@ impl Programs {
         if self.refusal.is_some() {
             return Ok(());
         }
+        self.attach_refusal()?;
+        // A socket one sk_lookup program selects wins over another's drop: steering, if
+        // attached, must select nothing from now on.
+        if self.steering.is_some() {
+            self.clear_steering()?;
+        }
+        Ok(())
+    }
+
+    fn attach_refusal(&mut self) -> Result<()> {
         let netns = &self.netns;
         let description = netns.path().display().to_string();
         let program: &mut SkLookup = self
@@ -368,8 +382,13 @@ impl Programs {
         Ok(())
     }
 
-    /// Stops following connections: the tracepoint detached.
-    pub(super) fn stop_tracking(&mut self) -> Result<()> {
+    /// Stops following a restart's replaced generation: the tracepoint detached, unless a drain
+    /// has taken the tracking over since.
+    pub(super) fn stop_restart_tracking(&mut self) -> Result<()> {
+        if !self.restart_tracking {
+            return Ok(());
+        }
+        self.restart_tracking = false;
         if let Some(link) = self.transitions.take() {
             let program: &mut BtfTracePoint = self.program_mut("follow_transitions")?.try_into()?;
             program.detach(link).context("detaching the tracepoint")?;
@@ -469,6 +488,10 @@ impl Programs {
                 .detach(link)
                 .context("detaching sk_lookup steering")?;
         }
+        self.clear_steering()
+    }
+
+    fn clear_steering(&mut self) -> Result<()> {
         let mut steer_to: SockMap<_> =
             SockMap::try_from(self.map_mut("STEER_TO")?).context("STEER_TO map")?;
         for entry in 0..STEER_ENTRIES {

@@ -226,12 +226,12 @@ impl Restart {
         match switch(kernel, serving, next, &listeners, settings) {
             Ok(draining) => Ok(Some(draining)),
             Err((next, err)) => {
+                let status = give_up(kernel, &next)?;
                 warn!(
-                    "restart: could not hand new connections to generation {} ({err:#}); \
-                     stopping it, generation {} serves on",
+                    "restart: could not hand new connections to generation {} ({err:#}): \
+                     stopped ({status}); generation {} serves on",
                     next.number, serving.number
                 );
-                give_up(kernel, &next)?;
                 Ok(None)
             }
         }
@@ -285,12 +285,12 @@ impl Restart {
                     return self.look_for_listener(kernel, serving, settings, looks);
                 }
                 if now >= *deadline {
+                    let status = give_up(kernel, next)?;
                     warn!(
                         "restart: generation {} did not listen on port {} within the ready \
-                         timeout; stopping it, generation {} serves on",
+                         timeout: stopped ({status}); generation {} serves on",
                         next.number, next.port, serving.number
                     );
-                    give_up(kernel, next)?;
                     return Ok(None);
                 }
             }
@@ -356,11 +356,11 @@ impl Restart {
     pub fn on_stop(self, kernel: &mut Kernel) -> Result<Option<Self>> {
         match self {
             Self::Starting { next, .. } => {
+                let status = give_up(kernel, &next)?;
                 warn!(
-                    "restart: stopping before generation {} listened: stopping it too",
+                    "restart: stopping before generation {} listened: stopped it ({status})",
                     next.number
                 );
-                give_up(kernel, &next)?;
                 Ok(None)
             }
             draining @ Self::Draining { .. } => Ok(Some(draining)),
@@ -422,9 +422,9 @@ fn switch(
 }
 
 /// Stops a generation that never served: its process group, at once.
-fn give_up(kernel: &mut Kernel, generation: &Generation) -> Result<()> {
+fn give_up(kernel: &mut Kernel, generation: &Generation) -> Result<ExitStatus> {
     kernel.stop_watching_listeners()?;
-    generation.child().kill_and_reap().map(drop)
+    generation.child().kill_and_reap()
 }
 
 /// Carries out a step of the replaced generation's drain.

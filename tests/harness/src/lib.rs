@@ -4,6 +4,7 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`bpf`] | the BPF programs a process holds and the links attached to them (`bpftool`) |
 //! | [`drainer`] | `drainer run`, `drainer daemon` and the client commands; their logs and status |
 //! | [`servers`] | the servers drainer guards: echo server, uvicorn live app (also as a balancer's backend), signal server |
 //! | [`clients`] | the clients: addresses, connections, echo, live WebSocket sessions, HTTP (keep-alive, or a new connection per request) |
@@ -21,6 +22,7 @@
 //! The tests need root (they load eBPF programs and create namespaces). Without it they fail with
 //! a message saying so; they never skip.
 pub mod balancers;
+pub mod bpf;
 pub mod capabilities;
 pub mod cgroup;
 pub mod clients;

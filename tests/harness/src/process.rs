@@ -82,6 +82,28 @@ impl Process {
             })
     }
 
+    /// Waits until `n` lines contain `needle`; returns the last of them.
+    pub fn wait_for_nth(&self, needle: &str, n: usize, timeout: Duration) -> Line {
+        let deadline = Instant::now() + patience(timeout);
+        let mut lines = self.lines.lines.lock().unwrap();
+        loop {
+            let found: Vec<&Line> = lines.iter().filter(|l| l.text.contains(needle)).collect();
+            if found.len() >= n {
+                return found[n - 1].clone();
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                drop(lines);
+                panic!(
+                    "{} printed {needle:?} fewer than {n} times within {:?}; output:\n{}",
+                    self.name,
+                    patience(timeout),
+                    self.output()
+                );
+            };
+            lines = self.lines.changed.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
     pub fn wait_for_match(
         &self,
         matches: impl Fn(&str) -> bool,

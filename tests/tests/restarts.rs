@@ -1,0 +1,303 @@
+//! `drainer run --restart-signal`: a restart hands every new connection to the next generation
+//! of the server while the replaced one keeps and drains its own, refuses nobody, steers only
+//! while the serving generation listens off the public port, and survives a next generation
+//! that crashes, binds the public port itself, or never listens.
+use std::{
+    io::{BufRead as _, BufReader, ErrorKind, Write as _},
+    net::TcpStream,
+    time::Duration,
+};
+
+use drainer_harness::{
+    bpf::{links_to, programs_of},
+    clients::{echo, loopback},
+    drainer::drainer_run,
+    netns::TestNetns,
+    process::Process,
+    python, require_program, require_root, script,
+};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+const PORT: u16 = 8000;
+
+/// tests/python/generation_server.py on 127.0.0.1:{port}, which greets each connection with
+/// the process and listener that took it.
+fn generation_server() -> Vec<String> {
+    vec![
+        python().display().to_string(),
+        script("generation_server.py").display().to_string(),
+        "127.0.0.1".into(),
+        "{port}".into(),
+    ]
+}
+
+/// `sh -c SCRIPT` for the server, `$0` the generation server's command: a generation can act
+/// on the port it was given ($DRAINER_PORT) before it becomes the server.
+fn shell_around_server(script: &str) -> Vec<String> {
+    let mut command = vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()];
+    command.extend(generation_server());
+    command
+}
+
+/// A connection to the public port, with the greeting of the generation that took it.
+struct Greeted {
+    stream: TcpStream,
+    pid: i32,
+    listener: u16,
+    local: u16,
+}
+
+fn connect(netns: &TestNetns) -> Greeted {
+    let stream = netns
+        .connect(loopback(PORT))
+        .expect("a new connection to the public port");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut greeting = String::new();
+    BufReader::new(stream.try_clone().unwrap())
+        .read_line(&mut greeting)
+        .expect("a greeting");
+    let field = |name: &str| -> i64 {
+        greeting
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix(name))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in greeting {greeting:?}"))
+    };
+    Greeted {
+        pid: field("pid=") as i32,
+        listener: field("listener=") as u16,
+        local: field("local=") as u16,
+        stream,
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    kill(Pid::from_raw(pid), None).is_ok()
+}
+
+fn start(netns: &TestNetns, options: &[&str], server: &[String]) -> Process {
+    let mut all = vec!["--port", "8000", "--restart-signal", "SIGHUP"];
+    all.extend(options);
+    let drainer = drainer_run(netns, &all, server);
+    drainer.wait_for("listening", Duration::from_secs(20));
+    drainer
+}
+
+/// Restarts into generation `next`; returns once its new connections go to it (steered, or on
+/// the public port itself).
+fn restart(drainer: &Process, next: u32) {
+    drainer.signal(Signal::SIGHUP);
+    drainer
+        .wait_for_match(
+            |line| {
+                line.contains(&format!("go to generation {next} on port"))
+                    || line.contains(&format!("generation {next} listens on port {PORT} itself"))
+            },
+            Duration::from_secs(20),
+        )
+        .unwrap_or_else(|| panic!("generation {next} never took over:\n{}", drainer.output()));
+}
+
+/// The kinds of BPF link drainer holds attached, with their programs.
+fn attached(drainer: &Process) -> Vec<(String, String)> {
+    links_to(&programs_of(drainer.pid().as_raw()))
+}
+
+#[test]
+fn new_connections_go_to_the_next_generation_while_the_old_one_keeps_and_drains_its_own() {
+    require_root();
+    let netns = TestNetns::create();
+    let mut drainer = start(&netns, &[], &generation_server());
+    let mut held = connect(&netns);
+    assert_eq!((held.listener, held.local), (PORT, PORT));
+    let first = held.pid;
+
+    restart(&drainer, 2);
+    let mut next = connect(&netns);
+    assert_ne!(next.pid, first, "the new connection went to generation 1");
+    assert_ne!(
+        next.listener, PORT,
+        "generation 2 was given the port generation 1 held"
+    );
+    assert_eq!(
+        next.local, PORT,
+        "a steered connection keeps the public port as its local port"
+    );
+    // The old generation serves its connection as before, and is still running for it.
+    echo(&mut held.stream, b"after the restart").unwrap();
+    assert!(alive(first));
+    drainer.wait_for("generation 1: 1 live", Duration::from_secs(5));
+
+    // Its last connection closes: it is released, though generation 2's is still open.
+    drop(held);
+    drainer.wait_for(
+        "generation 1 released (its connections have all closed): sending SIGTERM",
+        Duration::from_secs(10),
+    );
+    drainer.wait_for("restart done, generation 2 serves", Duration::from_secs(10));
+    assert!(!alive(first), "generation 1 still runs");
+    echo(&mut next.stream, b"still served").unwrap();
+    assert_eq!(connect(&netns).pid, next.pid);
+
+    drop(next);
+    drainer.signal(Signal::SIGTERM);
+    drainer.wait_for("drained", Duration::from_secs(10));
+    drainer.wait(Duration::from_secs(10));
+}
+
+#[test]
+fn restarts_in_a_row_alternate_ports_and_steer_only_while_the_server_is_off_the_public_port() {
+    require_root();
+    require_program("bpftool", "bpftool");
+    let netns = TestNetns::create();
+    let mut drainer = start(&netns, &[], &generation_server());
+    assert_eq!(attached(&drainer), [], "attached while serving");
+    let steering = ("netns".to_owned(), "steer_to_next_generation".to_owned());
+
+    let mut pids = vec![connect(&netns).pid];
+    for next in 2..=4 {
+        restart(&drainer, next);
+        drainer.wait_for(
+            &format!("restart done, generation {next} serves"),
+            Duration::from_secs(10),
+        );
+        let greeted = connect(&netns);
+        assert!(!pids.contains(&greeted.pid), "an old generation answered");
+        pids.push(greeted.pid);
+        // Generation 2 and 4 find the public port taken, generation 3 finds it free again.
+        let on_public_port = next % 2 == 1;
+        assert_eq!(
+            greeted.listener == PORT,
+            on_public_port,
+            "generation {next}"
+        );
+        assert_eq!(greeted.local, PORT);
+        let expected = if on_public_port {
+            vec![]
+        } else {
+            vec![steering.clone()]
+        };
+        assert_eq!(attached(&drainer), expected, "after restart {}", next - 1);
+        for old in &pids[..pids.len() - 1] {
+            assert!(!alive(*old), "generation pid {old} still runs");
+        }
+    }
+
+    drainer.signal(Signal::SIGTERM);
+    drainer.wait_for("drained", Duration::from_secs(10));
+    drainer.wait(Duration::from_secs(10));
+}
+
+/// The old generation serves on, refusing nobody, whatever became of the next one.
+fn serves_on(netns: &TestNetns, drainer: &Process, pid: i32) {
+    for _ in 0..20 {
+        let mut greeted = connect(netns);
+        assert_eq!(greeted.pid, pid, "{}", drainer.output());
+        echo(&mut greeted.stream, b"hello").unwrap();
+    }
+}
+
+#[test]
+fn a_next_generation_that_crashes_at_start_is_reported_and_the_old_one_serves_on() {
+    require_root();
+    require_program("bpftool", "bpftool");
+    let netns = TestNetns::create();
+    // Generation 1 gets the public port; the next one, a port of its own, and crashes.
+    let server = shell_around_server(
+        r#"[ "$DRAINER_PORT" = 8000 ] || { echo crashing; exit 3; }; exec "$0" "$@""#,
+    );
+    let drainer = start(&netns, &[], &server);
+    let first = connect(&netns).pid;
+    drainer.signal(Signal::SIGHUP);
+    let line = drainer.wait_for("generation 2 exited with", Duration::from_secs(20));
+    assert!(line.text.contains("exit code 3"), "{}", line.text);
+    assert!(
+        line.text.contains("generation 1 serves on"),
+        "{}",
+        line.text
+    );
+    serves_on(&netns, &drainer, first);
+    assert_eq!(attached(&drainer), [], "something stayed attached");
+
+    // A restart signal later tries again.
+    drainer.signal(Signal::SIGHUP);
+    drainer.wait_for_nth("generation 2 started", 2, Duration::from_secs(5));
+}
+
+#[test]
+fn a_next_generation_that_binds_the_public_port_itself_is_reported_and_the_old_one_serves_on() {
+    require_root();
+    let netns = TestNetns::create();
+    // Ignores the port it is given: every generation binds 8000.
+    let mut server = generation_server();
+    *server.last_mut().unwrap() = PORT.to_string();
+    let drainer = start(&netns, &[], &server);
+    let first = connect(&netns).pid;
+    drainer.signal(Signal::SIGHUP);
+    let line = drainer.wait_for("generation 2 exited with", Duration::from_secs(20));
+    assert!(
+        line.text
+            .contains("a server that binds port 8000 itself rather than {port} finds it taken"),
+        "{}",
+        line.text
+    );
+    serves_on(&netns, &drainer, first);
+}
+
+#[test]
+fn a_next_generation_that_never_listens_is_stopped_at_the_ready_timeout() {
+    require_root();
+    let netns = TestNetns::create();
+    let server =
+        shell_around_server(r#"[ "$DRAINER_PORT" = 8000 ] || exec sleep 3600; exec "$0" "$@""#);
+    let drainer = start(&netns, &["--ready-timeout", "1s"], &server);
+    let first = connect(&netns).pid;
+    drainer.signal(Signal::SIGHUP);
+    let started = drainer.wait_for("generation 2 started", Duration::from_secs(5));
+    let next: i32 = started
+        .text
+        .split("pid=")
+        .nth(1)
+        .and_then(|pid| pid.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {:?}", started.text));
+    drainer.wait_for("did not listen on port", Duration::from_secs(10));
+    assert!(
+        !alive(next),
+        "generation 2 (pid {next}) was not stopped:\n{}",
+        drainer.output()
+    );
+    serves_on(&netns, &drainer, first);
+}
+
+#[test]
+fn a_stop_during_a_restart_drains_both_generations_and_exits_with_the_newest() {
+    require_root();
+    let netns = TestNetns::create();
+    let mut drainer = start(&netns, &[], &generation_server());
+    let old = connect(&netns);
+    restart(&drainer, 2);
+    let new = connect(&netns);
+    assert_ne!(old.pid, new.pid);
+
+    drainer.signal(Signal::SIGTERM);
+    drainer.wait_for("draining: refusing new connections", Duration::from_secs(5));
+    assert_eq!(
+        netns.connect(loopback(PORT)).unwrap_err().kind(),
+        ErrorKind::ConnectionRefused
+    );
+    // Neither generation is released while either still has a connection.
+    drop(old);
+    let mut new = new;
+    new.stream.write_all(b"x").unwrap();
+    assert!(alive(new.pid));
+    drop(new);
+    drainer.wait_for("drained", Duration::from_secs(10));
+    let status = drainer.wait(Duration::from_secs(10));
+    // Python dies of the SIGTERM it does not handle: 128 + 15, the newest generation's status.
+    assert_eq!(status.code(), Some(143), "{}", drainer.output());
+}
