@@ -1,7 +1,8 @@
 """A live-session server in the shape of google/adk-python's /run_live: each WebSocket client
 asks for a session length and receives one message every 50 ms (or every `interval` seconds, if
-it asks) until it ends, then a normal close (1000)."""
+it asks) until it ends, then a normal close (1000). GET /health answers with the server's pid."""
 import asyncio
+import os
 
 from fastapi import FastAPI, WebSocket
 
@@ -22,4 +23,5 @@ async def run_live(websocket: WebSocket, seconds: float = 1.0, interval: float =
 
 @app.get("/health")
 async def health():
-    return {"ok": True}
+    # The process that answered: which generation of a restarted server.
+    return {"ok": True, "pid": os.getpid()}

@@ -5,16 +5,24 @@
 use std::{
     io::{BufRead as _, BufReader, ErrorKind, Write as _},
     net::TcpStream,
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
     time::Duration,
 };
 
 use drainer_harness::{
+    balancers::reverse_proxy,
     bpf::{links_to, programs_of},
-    clients::{echo, loopback},
+    clients::{
+        echo, get_on_new_connections_until, http_request, live_clients, live_session_results,
+        loopback, session_lengths,
+    },
     drainer::drainer_run,
     netns::TestNetns,
     process::Process,
     python, require_program, require_root, script,
+    servers::live_app_command,
+    tempdir::TempDir,
 };
 use nix::{
     sys::signal::{Signal, kill},
@@ -22,6 +30,8 @@ use nix::{
 };
 
 const PORT: u16 = 8000;
+/// Where the reverse proxy in front of the app listens.
+const PROXY: u16 = 9000;
 
 /// tests/python/generation_server.py on 127.0.0.1:{port}, which greets each connection with
 /// the process and listener that took it.
@@ -300,4 +310,79 @@ fn a_stop_during_a_restart_drains_both_generations_and_exits_with_the_newest() {
     let status = drainer.wait(Duration::from_secs(10));
     // Python dies of the SIGTERM it does not handle: 128 + 15, the newest generation's status.
     assert_eq!(status.code(), Some(143), "{}", drainer.output());
+}
+
+/// The pid in the app's `GET /health` answer, on a new connection to 127.0.0.1:`port`.
+fn health_pid(netns: &TestNetns, port: u16) -> i64 {
+    let (code, body) = http_request(
+        netns.connect(loopback(port)).unwrap(),
+        "GET",
+        "/health",
+        &["Connection: close"],
+    );
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["pid"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no pid in {body}"))
+}
+
+/// The deploy this exists for: uvicorn with live WebSocket sessions behind a local nginx, on one
+/// host, restarted while the sessions stream and new requests keep coming.
+#[test]
+fn behind_a_reverse_proxy_a_restart_fails_no_request_and_every_session_ends_normally() {
+    require_root();
+    let netns = TestNetns::create();
+    let dir = TempDir::create("restart-proxy");
+    let _proxy = reverse_proxy(&netns, dir.path(), PROXY, PORT);
+    let mut server = live_app_command(PORT);
+    // The port it listens on, which a restart gives each generation.
+    *server.last_mut().unwrap() = "{port}".into();
+    let mut drainer = drainer_run(
+        &netns,
+        &["--port", "8000", "--restart-signal", "SIGHUP"],
+        &server,
+    );
+    drainer.wait_for("Uvicorn running on", Duration::from_secs(30));
+    let first = health_pid(&netns, PROXY);
+
+    // Longer than the next generation takes to start, wherever the tests run.
+    let lengths = session_lengths(8, Duration::from_secs(4), Duration::from_secs(8));
+    let mut sessions = live_clients(&netns, PROXY, &lengths, Duration::from_secs(30));
+    let stop = AtomicBool::new(false);
+    let requests = thread::scope(|scope| {
+        let requests = scope
+            .spawn(|| get_on_new_connections_until(&netns, loopback(PROXY), "/health", 50, &stop));
+        drainer.signal(Signal::SIGHUP);
+        drainer.wait_for("go to generation 2 on port", Duration::from_secs(60));
+        drainer.wait_for("restart done, generation 2 serves", Duration::from_secs(60));
+        stop.store(true, Ordering::Relaxed);
+        requests.join().unwrap()
+    });
+    assert!(
+        requests.failures.is_empty(),
+        "{} of {} requests failed: {:?}\n{}",
+        requests.failures.len(),
+        requests.answered as usize + requests.failures.len(),
+        requests.failures,
+        drainer.output()
+    );
+    assert!(requests.answered > 0);
+
+    // uvicorn closes live sessions with 1012 when it shuts down: all ended on their own first.
+    for result in live_session_results(&mut sessions, lengths.len(), Duration::from_secs(30)) {
+        assert_eq!(result["code"], 1000, "{result}\n{}", drainer.output());
+        assert_eq!(result["received"], result["expected"], "{result}");
+    }
+    let released = drainer.wait_for("generation 1 released", Duration::from_secs(5));
+    assert!(
+        released.text.contains("its connections have all closed"),
+        "{}",
+        released.text
+    );
+    let second = health_pid(&netns, PROXY);
+    assert_ne!(second, first, "generation 1 still answers");
+
+    drainer.signal(Signal::SIGTERM);
+    drainer.wait_for("drained", Duration::from_secs(10));
+    drainer.wait(Duration::from_secs(30));
 }

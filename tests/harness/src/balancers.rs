@@ -1,5 +1,6 @@
 //! Load balancers in front of the servers drainer guards, from Debian's packages: HAProxy with
-//! active health checks, nginx with passive failure detection. Each runs in the foreground inside
+//! active health checks, nginx with passive failure detection; and nginx as the reverse proxy of
+//! a single host, in front of one app. Each runs in the foreground inside
 //! the test's namespace, its configuration (and nginx's pid and temp files) in the test's
 //! directory, listening on 127.0.0.1 and balancing over backends on 127.0.0.1.
 //!
@@ -127,6 +128,48 @@ http {{
             proxy_next_upstream error timeout http_502;
             proxy_read_timeout 120s;
             add_header X-Served-By $upstream_addr always;
+        }}
+    }}
+}}
+"
+    );
+    require_program("nginx", "nginx-light");
+    let path = format!("{dir}/nginx.conf");
+    fs::write(&path, config).expect("write nginx.conf");
+    let mut command = netns.command("nginx");
+    command
+        .args(["-c", &path, "-p", &format!("{dir}/")])
+        .args(["-g", "daemon off;"]);
+    start(netns, "nginx", command, listen)
+}
+
+/// nginx on 127.0.0.1:`listen` in `netns` as a single host runs it in front of its one app on
+/// 127.0.0.1:`backend`: nginx's defaults, a new connection to the app for every request, no
+/// retry elsewhere (there is nowhere else), WebSocket upgrades passed through. Its configuration,
+/// pid file and temp directories are in `dir`; returned once it accepts connections.
+pub fn reverse_proxy(netns: &TestNetns, dir: &Path, listen: u16, backend: u16) -> Balancer {
+    let dir = dir.display();
+    let config = format!(
+        "worker_processes 1;
+error_log stderr notice;
+pid {dir}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+    server {{
+        listen 127.0.0.1:{listen};
+        location / {{
+            proxy_pass http://127.0.0.1:{backend};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_read_timeout 120s;
         }}
     }}
 }}
