@@ -4,8 +4,8 @@
 use std::{fs, io, os::unix::process::CommandExt as _, process::Command, time::Duration};
 
 use drainer::system::capabilities::{
-    CAP_BPF, CAP_KILL, CAP_NET_ADMIN, CAP_PERFMON, CAP_SETGID, CAP_SETPCAP, CAP_SETUID,
-    CAP_SYS_ADMIN, CAP_SYS_MODULE, CAP_SYS_PTRACE, CAP_SYS_RAWIO, Capability,
+    CAP_BPF, CAP_DAC_READ_SEARCH, CAP_KILL, CAP_NET_ADMIN, CAP_PERFMON, CAP_SETGID, CAP_SETPCAP,
+    CAP_SETUID, CAP_SYS_ADMIN, CAP_SYS_MODULE, CAP_SYS_PTRACE, CAP_SYS_RAWIO, Capability,
 };
 use drainer_harness::{
     capabilities::{ProcessPrivileges, mask, only},
@@ -16,7 +16,7 @@ use drainer_harness::{
     process::Process,
     python, require_root, script,
     servers::echo_server_command,
-    tempdir::TempDir,
+    tempdir::{SYSTEM_PYTHON, TempDir},
 };
 use nix::sys::{
     resource::{Resource, getrlimit, setrlimit},
@@ -274,6 +274,36 @@ fn start_run_as_user(netns: &TestNetns, _: &TempDir, caps: &[Capability]) -> Pro
     limited(command, caps)
 }
 
+/// A listening server as nobody, restarted on SIGHUP: the script from a copy nobody can reach.
+fn start_restartable_run_as_user(netns: &TestNetns, dir: &TempDir, caps: &[Capability]) -> Process {
+    let mut command = drainer_command(
+        netns,
+        &[
+            "run",
+            "--port",
+            "8000",
+            "--user",
+            "nobody",
+            "--restart-signal",
+            "SIGHUP",
+            "--",
+        ],
+    );
+    command
+        .arg(SYSTEM_PYTHON)
+        .arg(dir.script_copy("generation_server.py"))
+        .args(["127.0.0.1", "{port}"]);
+    limited(command, caps)
+}
+
+/// A restart, then a drain.
+fn restart_and_drain_run(drainer: &mut Process, dir: &TempDir) {
+    drainer.wait_for("listening", Duration::from_secs(20));
+    drainer.signal(Signal::SIGHUP);
+    drainer.wait_for("restart done, generation 2 serves", Duration::from_secs(20));
+    drain_run(drainer, dir);
+}
+
 fn start_daemon(netns: &TestNetns, dir: &TempDir, caps: &[Capability]) -> Process {
     let mut command = drainer_command(netns, &["daemon", "--port", "8000", "--control-socket"]);
     command.arg(dir.path().join("control.sock"));
@@ -332,6 +362,22 @@ fn each_mode_runs_with_exactly_its_documented_capabilities_and_names_any_missing
             ],
             start: start_run_as_user,
             drain: drain_run,
+        },
+        Mode {
+            name: "run --user --restart-signal",
+            needs: &[
+                CAP_BPF,
+                CAP_NET_ADMIN,
+                CAP_PERFMON,
+                CAP_SETPCAP,
+                CAP_SETUID,
+                CAP_SETGID,
+                CAP_KILL,
+                CAP_DAC_READ_SEARCH,
+                CAP_SYS_PTRACE,
+            ],
+            start: start_restartable_run_as_user,
+            drain: restart_and_drain_run,
         },
         Mode {
             name: "daemon",

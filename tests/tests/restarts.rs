@@ -4,7 +4,8 @@
 //! that crashes, binds the public port itself, or never listens.
 use std::{
     io::{BufRead as _, BufReader, ErrorKind, Write as _},
-    net::TcpStream,
+    net::{Ipv6Addr, SocketAddr, TcpStream},
+    os::unix::net::UnixDatagram,
     sync::atomic::{AtomicBool, Ordering},
     thread,
     time::Duration,
@@ -17,12 +18,12 @@ use drainer_harness::{
         echo, get_on_new_connections_until, http_request, live_clients, live_session_results,
         loopback, session_lengths,
     },
-    drainer::drainer_run,
+    drainer::{drainer_command, drainer_run},
     netns::TestNetns,
     process::Process,
     python, require_program, require_root, script,
     servers::live_app_command,
-    tempdir::TempDir,
+    tempdir::{SYSTEM_PYTHON, TempDir},
 };
 use nix::{
     sys::signal::{Signal, kill},
@@ -61,8 +62,12 @@ struct Greeted {
 }
 
 fn connect(netns: &TestNetns) -> Greeted {
+    connect_to(netns, loopback(PORT))
+}
+
+fn connect_to(netns: &TestNetns, addr: SocketAddr) -> Greeted {
     let stream = netns
-        .connect(loopback(PORT))
+        .connect(addr)
         .expect("a new connection to the public port");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -385,4 +390,123 @@ fn behind_a_reverse_proxy_a_restart_fails_no_request_and_every_session_ends_norm
     drainer.signal(Signal::SIGTERM);
     drainer.wait_for("drained", Duration::from_secs(10));
     drainer.wait(Duration::from_secs(30));
+}
+
+#[test]
+fn a_dual_stack_server_gets_both_families_after_a_restart() {
+    require_root();
+    let netns = TestNetns::create();
+    let mut server = generation_server();
+    server[2] = "dual".into();
+    let mut drainer = start(&netns, &[], &server);
+    let ipv6 = SocketAddr::from((Ipv6Addr::LOCALHOST, PORT));
+    let (old4, old6) = (connect(&netns), connect_to(&netns, ipv6));
+    assert_eq!(old4.pid, old6.pid);
+
+    restart(&drainer, 2);
+    drainer.wait_for("holds 1 listener(s): IPv6 and IPv4", Duration::from_secs(5));
+    let (new4, new6) = (connect(&netns), connect_to(&netns, ipv6));
+    for new in [&new4, &new6] {
+        assert_ne!(new.pid, old4.pid, "a new connection went to generation 1");
+        assert_eq!(new.local, PORT);
+    }
+    drainer.wait_for("generation 1: 2 live", Duration::from_secs(5));
+    drop((old4, old6));
+    drainer.wait_for("restart done, generation 2 serves", Duration::from_secs(10));
+    drop((new4, new6));
+    drainer.signal(Signal::SIGTERM);
+    drainer.wait(Duration::from_secs(10));
+}
+
+#[test]
+fn a_server_run_as_another_user_is_restarted_as_that_user_without_capabilities() {
+    require_root();
+    let netns = TestNetns::create();
+    // nobody runs it: a copy it can reach, on the system's python.
+    let dir = TempDir::create("restart-user");
+    let server = [
+        SYSTEM_PYTHON.to_owned(),
+        dir.script_copy("generation_server.py")
+            .display()
+            .to_string(),
+        "127.0.0.1".into(),
+        "{port}".into(),
+    ];
+    let mut drainer = start(&netns, &["--user", "nobody"], &server);
+    let old = connect(&netns);
+    restart(&drainer, 2);
+    let new = connect(&netns);
+    assert_ne!(new.pid, old.pid);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", new.pid)).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    assert_eq!(field("Uid:"), vec![nobody.uid.to_string(); 4]);
+    for set in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+        assert_eq!(field(set), ["0000000000000000"], "generation 2's {set}");
+    }
+    drop(old);
+    drainer.wait_for("restart done, generation 2 serves", Duration::from_secs(10));
+    drop(new);
+    drainer.signal(Signal::SIGTERM);
+    drainer.wait(Duration::from_secs(10));
+}
+
+/// Under a `Type=notify` unit a restart is a reload: RELOADING=1 (with the monotonic time
+/// `Type=notify-reload` asks for) when the next generation starts, READY=1 once it serves.
+#[test]
+fn systemd_hears_reloading_when_a_restart_starts_and_ready_when_the_next_generation_serves() {
+    require_root();
+    let netns = TestNetns::create();
+    let dir = TempDir::create("restart-notify");
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(drainer_harness::patience(Duration::from_secs(20))))
+        .unwrap();
+    let mut command = drainer_command(
+        &netns,
+        &["run", "--port", "8000", "--restart-signal", "SIGHUP", "--"],
+    );
+    command
+        .args(generation_server())
+        .env("NOTIFY_SOCKET", &notify_path);
+    let mut drainer = Process::spawn("drainer", command);
+    drainer.wait_for("listening", Duration::from_secs(20));
+    let next_message = || {
+        let mut buffer = [0u8; 4096];
+        let n = notify.recv(&mut buffer).expect("a notification");
+        String::from_utf8_lossy(&buffer[..n]).into_owned()
+    };
+    let started = next_message();
+    assert!(started.starts_with("READY=1\n"), "{started:?}");
+
+    drainer.signal(Signal::SIGHUP);
+    let reloading = next_message();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading:?}"
+    );
+    assert!(
+        reloading.contains("STATUS=restarting: generation 2 starts on port"),
+        "{reloading:?}"
+    );
+    let ready = next_message();
+    assert!(ready.starts_with("READY=1\n"), "{ready:?}");
+    assert!(
+        ready.contains("STATUS=serving: generation 2; generation 1 drains"),
+        "{ready:?}"
+    );
+    let done = next_message();
+    assert_eq!(done, "STATUS=serving: generation 2\n");
+
+    drainer.signal(Signal::SIGTERM);
+    drainer.wait(Duration::from_secs(10));
 }

@@ -53,7 +53,7 @@ pub use self::{
     netns::Netns,
     socket_table::{SocketTable, TableSocket},
 };
-use crate::system::capabilities::{self, CAP_SYS_PTRACE, Capability};
+use crate::system::capabilities::{self, CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, Capability};
 
 /// What to guard: ports in one network namespace.
 pub struct Target<'a> {
@@ -167,10 +167,13 @@ impl Kernel {
         self.programs.stop_watching_listeners()
     }
 
-    /// The sockets listening on `port` that the processes of `process_group` hold. Copying
-    /// another process's descriptor takes CAP_SYS_PTRACE, which must be permitted.
+    /// What [`Kernel::listeners`] needs permitted: reading another user's /proc/PID/fd, and
+    /// copying a descriptor from a process drainer may ptrace.
+    pub const LISTENER_PRIVILEGES: [Capability; 2] = [CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE];
+
+    /// The sockets listening on `port` that the processes of `process_group` hold.
     pub fn listeners(&self, process_group: i32, port: u16) -> Result<Vec<Listener>> {
-        let _raised = capabilities::raise(&[CAP_SYS_PTRACE])?;
+        let _raised = capabilities::raise(&Self::LISTENER_PRIVILEGES)?;
         listeners::of_process_group(self.counter.table(), process_group, port)
     }
 

@@ -35,7 +35,7 @@ use crate::{
     kernel::{Kernel, Netns, Target},
     system::capabilities::{
         self, CAP_BPF, CAP_KILL, CAP_NET_ADMIN, CAP_PERFMON, CAP_SETGID, CAP_SETPCAP, CAP_SETUID,
-        CAP_SYS_PTRACE, Capability,
+        Capability,
     },
 };
 
@@ -76,8 +76,7 @@ pub fn run(options: RunOptions) -> Result<i32> {
         needed.extend([CAP_SETUID, CAP_SETGID, CAP_KILL]);
     }
     if options.restart.is_some() {
-        // Copying the generations' listening sockets (pidfd_getfd).
-        needed.push(CAP_SYS_PTRACE);
+        needed.extend(Kernel::LISTENER_PRIVILEGES);
     }
     capabilities::require(&needed)?;
     let privileges = ChildPrivileges::new(identity)?;
@@ -137,7 +136,7 @@ async fn supervise(
     // listeners, and starts a generation as the first one was started.
     let mut held = ATTACH_PRIVILEGES.to_vec();
     if options.restart.is_some() {
-        held.push(CAP_SYS_PTRACE);
+        held.extend(Kernel::LISTENER_PRIVILEGES);
         held.extend(privileges.needed());
         capabilities::keep_for_later_children(&[CAP_KILL], &held)?;
     } else {
@@ -217,6 +216,7 @@ impl Supervisor {
                 Input::Engine(EngineInput::Timer) => {
                     let now = std::time::Instant::now();
                     if let Some(restart) = self.restart.take() {
+                        let starting = restart.starting();
                         self.restart = if restart.next_wakeup().is_some_and(|at| at <= now) {
                             restart.on_timer(
                                 engine.kernel_mut(),
@@ -226,18 +226,19 @@ impl Supervisor {
                         } else {
                             Some(restart)
                         };
-                        self.restart_if_pending(engine)?;
+                        self.after_restart_step(starting, engine)?;
                     }
                     engine.on(EngineInput::Timer)?
                 }
                 Input::Listening => {
                     if let Some(restart) = self.restart.take() {
+                        let starting = restart.starting();
                         self.restart = restart.on_listening(
                             engine.kernel_mut(),
                             &mut self.serving,
                             self.options.drain,
                         )?;
-                        self.restart_if_pending(engine)?;
+                        self.after_restart_step(starting, engine)?;
                     }
                     Vec::new()
                 }
@@ -251,9 +252,10 @@ impl Supervisor {
                 }
                 Input::Mode(ChildInput::OtherExited(status)) => {
                     if let Some(restart) = self.restart.take() {
+                        let starting = restart.starting();
                         restart.on_exit(engine.kernel_mut(), &self.serving, status)?;
+                        self.after_restart_step(starting, engine)?;
                     }
-                    self.restart_if_pending(engine)?;
                     Vec::new()
                 }
                 Input::Mode(ChildInput::Exited(status)) => {
@@ -295,7 +297,26 @@ impl Supervisor {
         self.begin_restart(engine)
     }
 
-    fn restart_if_pending(&mut self, engine: &mut Engine) -> Result<()> {
+    /// After a restart's step: systemd hears that the new generation serves (READY=1 ends the
+    /// reload) or that the restart was given up; a restart asked for meanwhile starts once this
+    /// one is over.
+    fn after_restart_step(&mut self, was_starting: bool, engine: &mut Engine) -> Result<()> {
+        match &self.restart {
+            Some(Restart::Draining { replaced, .. }) if was_starting => {
+                engine.systemd().ready(&format!(
+                    "serving: generation {}; generation {} drains",
+                    self.serving.number, replaced.number
+                ));
+            }
+            None if was_starting => engine.systemd().ready(&format!(
+                "serving: generation {} (restart given up)",
+                self.serving.number
+            )),
+            None => engine
+                .systemd()
+                .status(&format!("serving: generation {}", self.serving.number)),
+            Some(_) => {}
+        }
         if self.restart.is_none() && std::mem::take(&mut self.restart_pending) {
             return self.begin_restart(engine);
         }
@@ -313,7 +334,14 @@ impl Supervisor {
             &self.privileges,
             options,
         ) {
-            Ok(restart) => self.restart = Some(restart),
+            Ok(restart) => {
+                engine.systemd().reloading(&format!(
+                    "restarting: generation {} starts on port {}",
+                    restart.other().number,
+                    restart.other().port
+                ));
+                self.restart = Some(restart);
+            }
             Err(err) => warn!(
                 "restart: could not start generation {}: {err:#}; generation {} serves on",
                 self.serving.number + 1,

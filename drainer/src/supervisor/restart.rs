@@ -169,6 +169,11 @@ impl Restart {
         }
     }
 
+    /// The next generation does not listen yet.
+    pub fn starting(&self) -> bool {
+        matches!(self, Self::Starting { .. })
+    }
+
     /// When [`Restart::on_timer`] is next due.
     pub fn next_wakeup(&self) -> Option<Instant> {
         match self {
@@ -210,6 +215,13 @@ impl Restart {
         if listeners.is_empty() {
             let retry = (looks < LISTENER_RETRIES)
                 .then(|| (Instant::now() + LISTENER_RETRY * 2u32.pow(looks), looks + 1));
+            if retry.is_none() {
+                warn!(
+                    "restart: a socket listens on port {}, but generation {} holds none: waiting \
+                     for one of its own",
+                    next.port, next.number
+                );
+            }
             return Ok(Some(Self::Starting {
                 next,
                 started,

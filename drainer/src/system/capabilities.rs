@@ -13,6 +13,11 @@ pub struct Capability {
     pub why: &'static str,
 }
 
+pub const CAP_DAC_READ_SEARCH: Capability = Capability {
+    name: "CAP_DAC_READ_SEARCH",
+    bit: 2,
+    why: "reading which sockets a restarted server's processes hold (/proc/PID/fd)",
+};
 pub const CAP_KILL: Capability = Capability {
     name: "CAP_KILL",
     bit: 5,
@@ -51,7 +56,8 @@ pub const CAP_SYS_RAWIO: Capability = Capability {
 pub const CAP_SYS_PTRACE: Capability = Capability {
     name: "CAP_SYS_PTRACE",
     bit: 19,
-    why: "kept from the server: it could copy drainer's descriptors",
+    why: "copying a restarted server's listening sockets (pidfd_getfd); kept from the server, \
+          which could copy drainer's",
 };
 pub const CAP_SYS_ADMIN: Capability = Capability {
     name: "CAP_SYS_ADMIN",

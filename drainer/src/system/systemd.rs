@@ -107,6 +107,18 @@ impl Systemd {
         self.send(&[NotifyState::ExtendTimeoutUsec(usec)]);
     }
 
+    /// A restart of the server began: the unit is reloading until the next [`Systemd::ready`].
+    /// `Type=notify-reload` needs the monotonic time with it.
+    pub fn reloading(&self, status: &str) {
+        if !self.enabled {
+            return;
+        }
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => self.send(&[NotifyState::Reloading, now, NotifyState::Status(status)]),
+            Err(err) => warn!("cannot read the monotonic clock for systemd: {err}"),
+        }
+    }
+
     pub fn stopping(&self, status: &str) {
         self.send(&[NotifyState::Stopping, NotifyState::Status(status)]);
     }
