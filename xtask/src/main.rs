@@ -99,7 +99,7 @@ enum Command {
     /// sessions across each stop and checks what the documentation promises; and runs `packages`
     /// there, checking that it enables and starts no service.
     VmDeploy {
-        /// Only this scenario (repeatable): packages, wrapper, companion, pod, kube-play.
+        /// Only this scenario (repeatable): packages, wrapper, reload, companion, pod, kube-play.
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
     },

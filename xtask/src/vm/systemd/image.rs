@@ -38,6 +38,9 @@ const PACKAGES: &[&str] = &[
     "linux-image-amd64",
     "initramfs-tools",
     "iproute2",
+    // `kill`, which the wrapper unit's ExecReload runs (Debian installs it everywhere but in
+    // images as bare as this one).
+    "procps",
     "python3",
     "python3-websockets",
     // The pod scenario reads the security context and arguments from the manifest itself.

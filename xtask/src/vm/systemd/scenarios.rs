@@ -39,6 +39,11 @@ pub(super) const SCENARIOS: &[Scenario] = &[
         name: "wrapper",
         hold: HOLD,
     },
+    // deploy/systemd/app-under-drainer.service reloaded: a restart through --restart-signal.
+    Scenario {
+        name: "reload",
+        hold: HOLD,
+    },
     // deploy/systemd/drainer.service with app-with-drainer-companion.service.
     Scenario {
         name: "companion",

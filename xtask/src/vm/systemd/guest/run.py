@@ -434,6 +434,78 @@ def systemd_scenario(c, plan, name, drainer):
                        stops_with_drain_wait=name == "companion" and unit == stop_unit)
 
 
+async def reload_while_held(c, unit, lengths, budget):
+    """Opens sessions of `lengths` seconds, runs `systemctl reload unit` once all are live, and
+    tries a new connection every 0.2 s until the last session has ended. Checks that the reload
+    returned, that no new connection was refused, and that every session got all its data."""
+    sessions = [Session(length) for length in lengths]
+    tasks = [asyncio.create_task(s.run("127.0.0.1", PORT)) for s in sessions]
+    await asyncio.wait_for(asyncio.gather(*(s.opened.wait() for s in sessions)), budget)
+    c.check("sessions open before the reload", all(s.open for s in sessions),
+            f"{len(sessions)} WebSocket sessions of {', '.join(f'{l:g}' for l in lengths)} s: "
+            + "; ".join(s.describe() for s in sessions))
+    started = time.monotonic()
+    say(f"  running systemctl reload {unit} with {len(sessions)} sessions held")
+    reload = await asyncio.create_subprocess_exec(
+        "systemctl", "reload", unit, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    reload_output, _ = await asyncio.wait_for(reload.communicate(), budget)
+    outcomes = []  # (seconds into the reload, outcome)
+    while any(s.open for s in sessions):
+        outcome = await asyncio.to_thread(connect_outcome)
+        outcomes.append((time.monotonic() - started, outcome))
+        await asyncio.sleep(0.2)
+    await asyncio.gather(*tasks)
+    last_close = max(s.closed_at for s in sessions) - started
+    c.check("systemctl reload succeeds", reload.returncode == 0,
+            f"exit {reload.returncode} {reload_output.decode().strip()}")
+    failed = [(at, outcome) for at, outcome in outcomes if outcome != "accepted"]
+    c.check("no new connection refused during the restart", outcomes and not failed,
+            f"{len(outcomes)} new connections over {last_close:.1f} s"
+            + (f"; failed: {failed}" if failed else ", every one accepted"))
+    c.check("every held session got all its data", all(s.whole() for s in sessions),
+            "; ".join(s.describe() for s in sessions))
+    # A session started now runs on the new generation.
+    after = Session(1)
+    await after.run("127.0.0.1", PORT)
+    c.check("a new session after the restart is served", after.whole(), after.describe())
+
+
+def reload_scenario(c, plan, drainer):
+    """deploy/systemd's wrapper unit with a server that takes {port}: `systemctl reload` restarts
+    it through `--restart-signal` while sessions are held and new connections arrive."""
+    budget = plan["budget_s"]
+    hold = plan["hold_s"]
+    unit = "app-under-drainer.service"
+    # The example's ExecReload (SIGHUP to drainer) stays; the server is the guest's, given {port}.
+    install_unit(unit, "[Service]\nExecStart=\n"
+                 f"ExecStart={drainer} run --port {PORT} --restart-signal SIGHUP "
+                 f"--ready-timeout {budget:.0f}s --drain-timeout 300s --kill-after 30s "
+                 f"-- /usr/bin/python3 {SHARE}/guest/ws_server.py --port {{port}}\n")
+    sh("systemctl", "daemon-reload")
+    since = now_stamp()
+    try:
+        sh("systemctl", "start", unit, timeout=budget)
+        wait_until(f"port {PORT} accepting after starting {unit}", port_accepts, budget)
+        main_pid = prop(unit, "MainPID")
+        asyncio.run(reload_while_held(c, unit, [min(6, hold), min(12, hold), hold], budget))
+        c.check("the unit stays active with the same drainer",
+                prop(unit, "ActiveState") == "active" and prop(unit, "MainPID") == main_pid,
+                f"ActiveState={prop(unit, 'ActiveState')}, MainPID {main_pid} -> "
+                f"{prop(unit, 'MainPID')}, StatusText={prop(unit, 'StatusText')!r}")
+    finally:
+        sh("systemctl", "stop", unit, check=False, timeout=budget)
+    lines = journal(unit, since)
+    restart = [l for l in lines if "restart:" in l]
+    c.evidence(f"journal of {unit}: the restart", restart[-12:])
+    for needle in ("generation 2 started on port", "generation 2 listening on port",
+                   f"new connections for port {PORT} go to generation 2",
+                   "generation 1 released (its connections have all closed)",
+                   "restart done, generation 2 serves"):
+        c.check(f"the journal says: {needle}", any(needle in l for l in restart),
+                next((l for l in restart if needle in l), "not found"))
+
+
 APP_ROOTFS = "/srv/images/app-rootfs.tar"
 BASE_IMAGE = "localhost/app-base:bookworm"
 APP_IMAGE = "localhost/live-app:vm"
@@ -703,6 +775,8 @@ def main():
         try:
             if name == "packages":
                 packages_scenario(c, plan)
+            elif name == "reload":
+                reload_scenario(c, plan, drainer)
             elif name in ("wrapper", "companion"):
                 systemd_scenario(c, plan, name, drainer)
             elif name == "pod":
