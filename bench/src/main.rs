@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     bed::Bed,
-    measure::Variant,
+    measure::{Steering, Variant},
     report::{Bar, Row},
     stats::MeanInterval,
     verdict::Verdict,
@@ -38,7 +38,8 @@ enum Role {
         /// Where latest.md and latest.svg (quick.md and quick.svg with --quick) go.
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
-        /// Only these measurements (rate, throughput, release, activation, scale, idle, node).
+        /// Only these measurements (rate, throughput, release, activation, scale, idle, node,
+        /// steering).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
@@ -132,7 +133,7 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
 
     if wanted("rate") {
         const GOAL: f64 = 0.99;
-        eprintln!("bench: 1/7 new-connection rate");
+        eprintln!("bench: 1/8 new-connection rate");
         let rate = measure::connection_rate(&Bed::create("rate"), plan.rounds, plan.duration);
         let drainer = rate.ratio(Variant::Drainer);
         let nftables = rate.ratio(Variant::Nftables);
@@ -160,7 +161,7 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
     }
     if wanted("throughput") {
         const GOAL: f64 = 0.995;
-        eprintln!("bench: 2/7 established throughput");
+        eprintln!("bench: 2/8 established throughput");
         let flow = measure::throughput(&Bed::create("throughput"), plan.rounds, plan.duration);
         let drainer = flow.ratio(Variant::Drainer);
         rows.push(Row {
@@ -183,7 +184,7 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
         });
     }
     if wanted("release") {
-        eprintln!("bench: 3/7 release latency ({} drains each)", plan.drains);
+        eprintln!("bench: 3/8 release latency ({} drains each)", plan.drains);
         let (ours, peer) = measure::release_latency(&Bed::create("release"), plan.drains);
         rows.push(Row {
         measurement: format!("3. release latency, last close → child signalled ({} drains each)", ours.count),
@@ -197,7 +198,7 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
     });
     }
     if wanted("activation") {
-        eprintln!("bench: 4/7 refusal activation ({} drains)", plan.drains);
+        eprintln!("bench: 4/8 refusal activation ({} drains)", plan.drains);
         let activation = measure::refusal_activation(&Bed::create("activation"), plan.drains);
         rows.push(Row {
             measurement: format!(
@@ -232,7 +233,7 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
             });
             continue;
         }
-        eprintln!("bench: 5/7 scale, {connections} connections");
+        eprintln!("bench: 5/8 scale, {connections} connections");
         let point = measure::scale(&Bed::create("scale"), connections);
         let expected = connections as i64;
         let exact =
@@ -261,7 +262,7 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
     }
 
     if wanted("idle") {
-        eprintln!("bench: 6/7 idle cost");
+        eprintln!("bench: 6/8 idle cost");
         let idle = measure::idle(&Bed::create("idle"), plan.idle);
         rows.push(Row {
             measurement: format!("6. idle daemon over {:.0} s", idle.window.as_secs_f64()),
@@ -278,7 +279,7 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
     if wanted("node") {
         const GOAL: f64 = 0.99;
         let [none, some, many] = NEIGHBOUR_DRAINERS;
-        eprintln!("bench: 7/7 drainers on one node ({none}, {some}, {many})");
+        eprintln!("bench: 7/8 drainers on one node ({none}, {some}, {many})");
         let node = measure::drainers_on_one_node(
             &Bed::create("node"),
             &NEIGHBOUR_DRAINERS,
@@ -304,6 +305,32 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
             bar: Some(Bar {
                 label: format!("7. beside {many} drainers"),
                 ratio: beside_many,
+                goal: GOAL,
+            }),
+        });
+    }
+
+    if wanted("steering") {
+        const GOAL: f64 = 0.99;
+        eprintln!("bench: 8/8 new connections steered to a restarted server's generation");
+        let steering = measure::steered_rate(&Bed::create("steering"), plan.rounds, plan.duration);
+        let steered = steering.ratio(Steering::Steered);
+        rows.push(Row {
+            measurement: "8. new connections/s to a restarted server's port, each steered by sk_lookup to its generation listening on another port".into(),
+            result: format!(
+                "steered **{:.3}** × the server on the port itself per round (mean of {}; {}), \
+                 {:.0}/s against {:.0}/s",
+                steered.mean,
+                steered.rounds,
+                interval(&steered),
+                steering.mean(Steering::Steered),
+                steering.mean(Steering::Direct),
+            ),
+            goal: format!("≥ {GOAL} × the server on the port itself"),
+            verdict: Verdict::at_least(GOAL, &steered),
+            bar: Some(Bar {
+                label: "8. steered connections".into(),
+                ratio: steered,
                 goal: GOAL,
             }),
         });

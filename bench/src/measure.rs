@@ -1,4 +1,4 @@
-//! The seven measurements. Each alternates its variants round by round, so machine noise falls on
+//! The eight measurements. Each alternates its variants round by round, so machine noise falls on
 //! all of them alike, and returns what it measured.
 use std::{
     io::ErrorKind,
@@ -503,6 +503,61 @@ pub fn drainers_on_one_node(
         let rate = bed.netns.run(|| load::connection_rate(to, 4, duration));
         drop(daemons);
         eprintln!("bench: beside {count} drainers: {rate:.0}/s");
+        rate
+    })
+}
+
+/// How new connections reach the server in measurement 8.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Steering {
+    /// The server listens on the port itself, no drainer: the limit.
+    Direct,
+    /// The server runs under `drainer run --restart-signal`, restarted once: its serving
+    /// generation listens on another port, and sk_lookup hands it every connection for this one.
+    Steered,
+}
+
+/// Measurement 8: New connections per second to the port of a restarted server whose serving
+/// generation listens elsewhere, every one steered by drainer's `sk_lookup` program, against the
+/// same server listening on the port itself without drainer.
+pub fn steered_rate(bed: &Bed, rounds: usize, duration: Duration) -> Samples<Steering> {
+    let to = bed.server_addr();
+    let me = std::env::current_exe().expect("own path");
+    alternate(rounds, &[Steering::Direct, Steering::Steered], |variant| {
+        let mut server = match variant {
+            Steering::Direct => bed.role(&["serve-requests", &to.to_string(), "4"], "listening"),
+            Steering::Steered => {
+                let mut command = drainer_command(
+                    &bed.netns,
+                    &[
+                        "run",
+                        "--port",
+                        &PORT.to_string(),
+                        "--restart-signal",
+                        "SIGHUP",
+                        "--",
+                    ],
+                );
+                command
+                    .arg(&me)
+                    .args(["serve-requests", "127.0.0.1:{port}", "4"]);
+                let drainer = Process::spawn("drainer", command);
+                drainer.wait_for("listening", Duration::from_secs(30));
+                drainer.signal(Signal::SIGHUP);
+                // The first generation held no connection: released at once.
+                drainer.wait_for("restart done, generation 2 serves", Duration::from_secs(30));
+                drainer
+            }
+        };
+        wait_for_idle_host();
+        let rate = bed.netns.run(|| load::connection_rate(to, 4, duration));
+        if variant == Steering::Steered {
+            // Stopped its way: the server it runs is released, not left behind.
+            server.signal(Signal::SIGTERM);
+            server.wait(Duration::from_secs(30));
+        }
+        drop(server);
+        eprintln!("bench: {variant:?}: {rate:.0}/s");
         rate
     })
 }

@@ -67,7 +67,8 @@ enum Command {
         /// Under a minute.
         #[arg(long)]
         quick: bool,
-        /// Only these measurements (rate, throughput, release, activation, scale, idle).
+        /// Only these measurements (rate, throughput, release, activation, scale, idle, node,
+        /// steering).
         #[arg(long)]
         only: Option<String>,
     },
