@@ -79,6 +79,11 @@ pub struct PortCounters {
     /// will look like a server connection's, so the counters can no longer be trusted; the socket
     /// table, which tells them apart by owner, counts instead.
     pub outbound_unrecorded: u64,
+    /// Of `opened`, the connections of a restarted server's replaced generation (found by the
+    /// sweep, or handed over by its listeners since); 0 outside restarts.
+    pub replaced_opened: u64,
+    /// Of those, the ones that reached TCP_CLOSE.
+    pub replaced_closed: u64,
 }
 
 /// Why an event was emitted.

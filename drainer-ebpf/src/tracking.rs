@@ -13,12 +13,14 @@
 //! - outbound connections from a guarded port (a client bound to it, or a simultaneous open), held
 //!   in [`OUTBOUND`] so that their close is not taken for a server connection's.
 //!
-//! A restart's drain follows one generation of the server, the one being replaced, while the next
-//! takes new connections on the same port (`SWITCH_RESTART`): only connections in the table
-//! count. The sweep records every connection of the port, as every one so far came through the
-//! replaced generation's listeners; after it, a new connection is recorded only if it came
-//! through them too ([`generations`](crate::generations)), which happens only for handshakes
-//! under way when the next generation took over.
+//! A restart follows both generations of the server on one port (`SWITCH_RESTART`), each in
+//! counters of its own: the replaced generation's connections in `replaced_opened` and
+//! `replaced_closed`, the serving generation's in `opened` and `closed` as in a drain. One event is
+//! one add to one counter, so neither count can read low while the other's add is under way. The
+//! replaced generation's connections are the table's: the sweep records every connection of the port, as
+//! every one so far came through the replaced generation's listeners; after it, a new connection
+//! is recorded only if it came through them too ([`generations`](crate::generations)), which
+//! happens only for handshakes under way when the next generation took over.
 //!
 //! Every counter change is made by whichever program succeeded at the record operation (insert or
 //! remove), so two programs seeing the same socket count it once. While both tables are empty —
@@ -126,8 +128,24 @@ fn count_closed(slot: u32) {
     notify(slot, EventKind::Closed);
 }
 
+fn count_replaced_opened(slot: u32) {
+    // SAFETY: as in `count_refused`.
+    bump(|c| unsafe { &raw mut (*c).replaced_opened }, slot);
+    notify(slot, EventKind::Opened);
+}
+
+fn count_replaced_closed(slot: u32) {
+    // SAFETY: as in `count_refused`.
+    bump(|c| unsafe { &raw mut (*c).replaced_closed }, slot);
+    notify(slot, EventKind::Closed);
+}
+
+/// Records a connection the sweep found, or one established before it finished, or, during a
+/// restart, one the replaced generation's listeners handed over since: during a restart, every
+/// connection in the table is the replaced generation's.
 fn record_seeded(cookie: u64, slot: u32) {
     match seeded::insert(cookie) {
+        Insert::Added if restarting() => count_replaced_opened(slot),
         Insert::Added => count_opened(slot),
         Insert::Present => {}
         Insert::Full => count_untracked(slot),
@@ -144,11 +162,9 @@ pub fn found_established(sk: Socket, slot: u32) {
 
 /// A server-side connection completed its handshake.
 pub fn passive_established(sk: Socket, slot: u32) {
-    if restarting() {
-        if seeded() && !generations::from_replaced_listener(sk) {
-            // The next generation's.
-            return;
-        }
+    if restarting() && seeded() && generations::from_replaced_listener(sk) {
+        // A handshake the replaced generation had begun: its connection, recorded so its close
+        // is told apart too.
         let cookie = sk.cookie();
         if !is_outbound(cookie) {
             record_seeded(cookie, slot);
@@ -204,22 +220,14 @@ fn forget_outbound(cookie: u64) -> bool {
 /// A socket on a guarded port reached TCP_CLOSE; `was_live` tells whether it came from one of the
 /// live states (rather than from a handshake that never completed).
 pub fn closed(sk: Socket, slot: u32, was_live: bool) {
-    if restarting() {
-        // Every connection of the replaced generation is in the table.
-        if seeded::any() || any_outbound() {
-            let cookie = sk.cookie();
-            if seeded::remove(cookie) {
-                count_closed(slot);
-            } else {
-                forget_outbound(cookie);
-            }
-        }
-        return;
-    }
     if seeded::any() || any_outbound() {
         let cookie = sk.cookie();
         if seeded::remove(cookie) {
-            count_closed(slot);
+            if restarting() {
+                count_replaced_closed(slot);
+            } else {
+                count_closed(slot);
+            }
             return;
         }
         if forget_outbound(cookie) {

@@ -3,7 +3,7 @@
 //! while the serving generation listens off the public port, and survives a next generation
 //! that crashes, binds the public port itself, or never listens.
 use std::{
-    io::{BufRead as _, BufReader, ErrorKind, Write as _},
+    io::{BufRead as _, BufReader, ErrorKind},
     net::{Ipv6Addr, SocketAddr, TcpStream},
     os::unix::net::UnixDatagram,
     sync::atomic::{AtomicBool, Ordering},
@@ -289,8 +289,10 @@ fn a_next_generation_that_never_listens_is_stopped_at_the_ready_timeout() {
     serves_on(&netns, &drainer, first);
 }
 
+/// Each generation is released at its own zero: the old one while the new one still has a
+/// connection, the new one once that closes.
 #[test]
-fn a_stop_during_a_restart_drains_both_generations_and_exits_with_the_newest() {
+fn a_stop_during_a_restart_drains_each_generation_to_its_own_zero_and_exits_with_the_newest() {
     require_root();
     let netns = TestNetns::create();
     let mut drainer = start(&netns, &[], &generation_server());
@@ -305,11 +307,20 @@ fn a_stop_during_a_restart_drains_both_generations_and_exits_with_the_newest() {
         netns.connect(loopback(PORT)).unwrap_err().kind(),
         ErrorKind::ConnectionRefused
     );
-    // Neither generation is released while either still has a connection.
     drop(old);
+    drainer.wait_for(
+        "generation 1 released (its connections have all closed)",
+        Duration::from_secs(10),
+    );
+    drainer.wait_for("restart done, generation 2 serves", Duration::from_secs(10));
     let mut new = new;
-    new.stream.write_all(b"x").unwrap();
+    echo(&mut new.stream, b"still served").unwrap();
     assert!(alive(new.pid));
+    assert!(
+        !drainer.output().contains("drained"),
+        "generation 2 was released with a live connection:\n{}",
+        drainer.output()
+    );
     drop(new);
     drainer.wait_for("drained", Duration::from_secs(10));
     let status = drainer.wait(Duration::from_secs(10));

@@ -34,6 +34,8 @@ pub struct PortCount {
     pub opened: u64,
     pub refused: u64,
     pub untracked: u64,
+    /// A restart's replaced generation's connections on this port, not in `live`; 0 otherwise.
+    pub replaced_live: i64,
 }
 
 /// Every guarded port's counters, read at one moment.
@@ -59,6 +61,15 @@ impl Counts {
         Count {
             live: self.ports.iter().map(|c| c.live).sum(),
             exact: self.untracked() == 0 && (self.counters_trusted() || self.from_socket_table),
+        }
+    }
+
+    /// The count of a restart's replaced generation: `live` counts the serving one's alone. The
+    /// socket table cannot tell the generations apart: when it counts, this is unknown.
+    pub fn replaced(&self) -> Count {
+        Count {
+            live: self.ports.iter().map(|c| c.replaced_live).sum(),
+            exact: self.untracked() == 0 && self.counters_trusted() && !self.from_socket_table,
         }
     }
 
@@ -186,6 +197,7 @@ mod tests {
                     opened: 5,
                     refused: 0,
                     untracked,
+                    replaced_live: 2,
                 })
                 .to_vec(),
             missed_state_changes,
@@ -207,6 +219,28 @@ mod tests {
         assert_eq!(missed.ports[1].live, 2);
         assert_eq!(missed.total().live, 2);
         assert!(missed.total().exact);
+    }
+
+    #[test]
+    fn a_restarts_replaced_generation_has_its_own_count_which_the_socket_table_cannot_give() {
+        let counts = counts(0, 0);
+        assert_eq!(
+            counts.total(),
+            Count {
+                live: 10,
+                exact: true
+            }
+        );
+        assert_eq!(
+            counts.replaced(),
+            Count {
+                live: 4,
+                exact: true
+            }
+        );
+        let mut recounted = counts;
+        recounted.recount_start();
+        assert!(!recounted.replaced().exact);
     }
 
     #[test]

@@ -147,6 +147,11 @@ impl Kernel {
         if refuse {
             self.programs.start_refusing()?;
         }
+        self.programs.draining();
+        if self.programs.tracking() {
+            // A restart's: it already counts the serving generation's connections apart.
+            return Ok(());
+        }
         self.counter.restart();
         self.programs.start_tracking(false)
     }
@@ -177,10 +182,10 @@ impl Kernel {
         listeners::of_process_group(self.counter.table(), process_group, port)
     }
 
-    /// A restart's switch: the replaced generation's listeners marked and its connections alone
-    /// counted from now on (the count drains as they close), then new connections for `port`
-    /// handed to the next generation's listeners, or left to the usual lookup when the next
-    /// generation listens on `port` itself.
+    /// A restart's switch: the replaced generation's listeners marked, and from now on its
+    /// connections counted apart from the serving generation's ([`Counts::replaced`]), then new
+    /// connections for `port` handed to the next generation's listeners, or left to the usual
+    /// lookup when the next generation listens on `port` itself.
     pub fn switch_generations(
         &mut self,
         port: u16,
@@ -198,8 +203,8 @@ impl Kernel {
         }
     }
 
-    /// The replaced generation is gone: its connections are no longer followed (unless a drain
-    /// follows every connection since). Steering, if any, stays.
+    /// The replaced generation is gone: nothing is followed any more, unless a drain counts the
+    /// serving generation's connections meanwhile. Steering, if any, stays.
     pub fn end_restart(&mut self) -> Result<()> {
         self.programs.stop_watching_listeners()?;
         self.programs.stop_restart_tracking()

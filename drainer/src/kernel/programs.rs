@@ -139,8 +139,10 @@ pub(super) struct Programs {
     listen_watch: Option<BtfTracePointLinkId>,
     /// While the serving generation listens on a port other than the public one.
     steering: Option<SkLookupLinkId>,
-    /// The tracking under way follows a restart's replaced generation alone.
+    /// The tracking under way was started by a restart, to follow its generations.
     restart_tracking: bool,
+    /// A drain has started (and not been resumed): the tracking is the drain's too.
+    draining: bool,
 }
 
 impl Programs {
@@ -187,6 +189,7 @@ impl Programs {
             listen_watch: None,
             steering: None,
             restart_tracking: false,
+            draining: false,
         };
         programs.load_transitions(&btf)?;
         if target.restarts {
@@ -382,10 +385,15 @@ impl Programs {
         Ok(())
     }
 
-    /// Stops following a restart's replaced generation: the tracepoint detached, unless a drain
-    /// has taken the tracking over since.
+    /// A drain starts: the tracking it finds under way (a restart's) is its own from now on.
+    pub(super) fn draining(&mut self) {
+        self.draining = true;
+    }
+
+    /// Stops following a restart's generations: the tracepoint detached, unless a drain counts on
+    /// it too.
     pub(super) fn stop_restart_tracking(&mut self) -> Result<()> {
-        if !self.restart_tracking {
+        if !self.restart_tracking || self.draining {
             return Ok(());
         }
         self.restart_tracking = false;
@@ -502,6 +510,7 @@ impl Programs {
 
     /// Back to serving: new connections accepted, and every program detached.
     pub(super) fn resume(&mut self) -> Result<()> {
+        self.draining = false;
         if let Some(link) = self.refusal.take() {
             let program: &mut SkLookup = self.program_mut("refuse_while_draining")?.try_into()?;
             program.detach(link).context("detaching sk_lookup")?;
@@ -536,6 +545,7 @@ impl Programs {
                     opened: 0,
                     refused: count.refused,
                     untracked: 0,
+                    replaced_live: 0,
                 };
             }
             return Ok(Counts {
@@ -577,15 +587,19 @@ impl Programs {
             .enumerate()
             .map(|(slot, &port)| {
                 // Closes before opens: see `PortCounters`.
-                let closed: u64 = read(slot as u32)?.iter().map(|c| c.closed).sum();
+                let earlier = read(slot as u32)?;
+                let closed: u64 = earlier.iter().map(|c| c.closed).sum();
+                let replaced_closed: u64 = earlier.iter().map(|c| c.replaced_closed).sum();
                 let later = read(slot as u32)?;
                 let opened: u64 = later.iter().map(|c| c.opened).sum();
+                let replaced_opened: u64 = later.iter().map(|c| c.replaced_opened).sum();
                 Ok(PortCount {
                     port,
                     live: opened.wrapping_sub(closed) as i64,
                     opened,
                     refused: later.iter().map(|c| c.refused).sum(),
                     untracked: later.iter().map(|c| c.untracked).sum(),
+                    replaced_live: replaced_opened.wrapping_sub(replaced_closed) as i64,
                 })
             })
             .collect()

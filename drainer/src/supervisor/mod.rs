@@ -359,12 +359,6 @@ impl Supervisor {
                     Trigger::Signal(signal) => signal,
                     Trigger::Request => Signal::SIGTERM,
                 };
-                if let Some(restart) = &self.restart {
-                    // Counted together with the serving one since the stop began: released with it.
-                    let replaced = restart.other();
-                    info!("sending {signal} to generation {} too", replaced.number);
-                    replaced.child().signal(signal)?;
-                }
                 info!("sending {signal} to the server");
                 engine
                     .systemd()
@@ -377,9 +371,6 @@ impl Supervisor {
             }
             Action::Kill => {
                 error!("the server did not exit within --kill-after; killing its process group");
-                if let Some(restart) = &self.restart {
-                    restart.other().child().kill_group()?;
-                }
                 child.kill_group()
             }
         }

@@ -259,7 +259,7 @@ impl Restart {
         else {
             return Ok(());
         };
-        let count = kernel.counts()?.total();
+        let count = kernel.counts()?.replaced();
         let now = Instant::now();
         if logged.is_none_or(|(live, at)| live != count.live && now >= at + PROGRESS_EVERY) {
             info!(
