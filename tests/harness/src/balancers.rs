@@ -97,20 +97,12 @@ pub fn nginx(netns: &TestNetns, dir: &Path, listen: u16, backends: &[u16]) -> Ba
         .iter()
         .map(|&port| format!("        server 127.0.0.1:{port} max_fails=1 fail_timeout=30s;\n"))
         .collect();
-    let dir = dir.display();
-    let config = format!(
-        "worker_processes 1;
-error_log stderr notice;
-pid {dir}/nginx.pid;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
+    run_nginx(
+        netns,
+        dir,
+        listen,
+        &format!(
+            "    map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
     upstream backends {{
 {servers}        keepalive 16;
         keepalive_timeout 120s;
@@ -130,17 +122,9 @@ http {{
             add_header X-Served-By $upstream_addr always;
         }}
     }}
-}}
 "
-    );
-    require_program("nginx", "nginx-light");
-    let path = format!("{dir}/nginx.conf");
-    fs::write(&path, config).expect("write nginx.conf");
-    let mut command = netns.command("nginx");
-    command
-        .args(["-c", &path, "-p", &format!("{dir}/")])
-        .args(["-g", "daemon off;"]);
-    start(netns, "nginx", command, listen)
+        ),
+    )
 }
 
 /// nginx on 127.0.0.1:`listen` in `netns` as a single host runs it in front of its one app on
@@ -148,6 +132,30 @@ http {{
 /// retry elsewhere (there is nowhere else), WebSocket upgrades passed through. Its configuration,
 /// pid file and temp directories are in `dir`; returned once it accepts connections.
 pub fn reverse_proxy(netns: &TestNetns, dir: &Path, listen: u16, backend: u16) -> Balancer {
+    run_nginx(
+        netns,
+        dir,
+        listen,
+        &format!(
+            "    map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+    server {{
+        listen 127.0.0.1:{listen};
+        location / {{
+            proxy_pass http://127.0.0.1:{backend};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_read_timeout 120s;
+        }}
+    }}
+"
+        ),
+    )
+}
+
+/// nginx in the foreground with `http` as its http block's body, and its pid and temp files in
+/// `dir`, where no other test's are.
+fn run_nginx(netns: &TestNetns, dir: &Path, listen: u16, http: &str) -> Balancer {
     let dir = dir.display();
     let config = format!(
         "worker_processes 1;
@@ -161,18 +169,7 @@ http {{
     fastcgi_temp_path {dir}/fastcgi;
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
-    map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
-    server {{
-        listen 127.0.0.1:{listen};
-        location / {{
-            proxy_pass http://127.0.0.1:{backend};
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $connection_upgrade;
-            proxy_read_timeout 120s;
-        }}
-    }}
-}}
+{http}}}
 "
     );
     require_program("nginx", "nginx-light");
