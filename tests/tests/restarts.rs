@@ -70,7 +70,7 @@ fn connect_to(netns: &TestNetns, addr: SocketAddr) -> Greeted {
         .connect(addr)
         .expect("a new connection to the public port");
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(drainer_harness::patience(Duration::from_secs(10))))
         .unwrap();
     let mut greeting = String::new();
     BufReader::new(stream.try_clone().unwrap())
