@@ -32,6 +32,11 @@ pub const fn steer_entry(slot: u32, ipv6: bool) -> u32 {
     2 * slot + ipv6 as u32
 }
 
+/// Slots of the `SEEDED` table that hold no cookie: never used, and emptied by a close. Every
+/// other value is the cookie of a connection the table holds.
+pub const SEEDED_EMPTY: u64 = 0;
+pub const SEEDED_REMOVED: u64 = u64::MAX;
+
 /// The `TCP_LISTEN` state: a listener's `listen()` has completed.
 pub const TCP_LISTEN: u8 = 10;
 

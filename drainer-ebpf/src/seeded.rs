@@ -15,17 +15,20 @@
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use aya_ebpf::{
-    bindings::BPF_F_INNER_MAP,
+    bindings::{BPF_F_INNER_MAP, BPF_F_MMAPABLE},
     btf_maps::{Array as InnerArray, ArrayOfMaps},
     macros::{btf_map, map},
     maps::Array,
 };
+use drainer_common::{SEEDED_EMPTY, SEEDED_REMOVED};
 
 use crate::counter;
 
 /// The table in use. `BPF_F_INNER_MAP`: each drain's table has its own size (a power of two), so
-/// its size is not part of the template.
-type Table = InnerArray<u64, 1, { BPF_F_INNER_MAP as usize }>;
+/// its size is not part of the template. `BPF_F_MMAPABLE`: during a restart the table holds the
+/// replaced generation's connections, and userspace reads them in place to tell that
+/// generation's connections from the serving one's.
+type Table = InnerArray<u64, 1, { (BPF_F_INNER_MAP | BPF_F_MMAPABLE) as usize }>;
 
 #[btf_map]
 pub static SEEDED: ArrayOfMaps<Table, 1> = ArrayOfMaps::new();
@@ -40,8 +43,8 @@ pub static SEEDED_SLOT_MASK: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 pub static SEEDED_ENTRIES: Array<i64> = Array::with_max_entries(1, 0);
 
-const EMPTY: u64 = 0;
-const REMOVED: u64 = u64::MAX;
+const EMPTY: u64 = SEEDED_EMPTY;
+const REMOVED: u64 = SEEDED_REMOVED;
 /// Probes before giving up; at half load a linear probe almost never needs more than a few.
 const PROBES: u64 = 64;
 

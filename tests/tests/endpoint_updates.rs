@@ -14,7 +14,7 @@ use std::{
 };
 
 use drainer_harness::{
-    clients::{NewConnectionRequests, get_on_new_connections_until},
+    clients::{NewConnectionRequests, StopOnDrop, get_on_new_connections_until},
     drainer::{drainer_run, start_drain, start_drain_accepting},
     netns::TestNetns,
     patience,
@@ -87,6 +87,7 @@ fn requests_across_an_endpoint_update(accept_for: Option<Duration>) -> NewConnec
     let requests = thread::scope(|scope| {
         let client =
             scope.spawn(|| get_on_new_connections_until(&netns, vip, "/health", RATE, &stop));
+        let _stop = StopOnDrop(&stop);
         // Both backends take requests before the drain.
         thread::sleep(Duration::from_secs(1));
         // Timed from the signal, which comes before the drain starts: the log line that says it

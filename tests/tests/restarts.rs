@@ -15,8 +15,8 @@ use drainer_harness::{
     balancers::reverse_proxy,
     bpf::{links_to, programs_of},
     clients::{
-        echo, get_on_new_connections_until, http_request, live_clients, live_session_results,
-        loopback, session_lengths,
+        StopOnDrop, echo, get_on_new_connections_until, http_request, live_clients,
+        live_session_results, loopback, session_lengths,
     },
     drainer::{drainer_command, drainer_run},
     netns::TestNetns,
@@ -328,6 +328,92 @@ fn a_stop_during_a_restart_drains_each_generation_to_its_own_zero_and_exits_with
     assert_eq!(status.code(), Some(143), "{}", drainer.output());
 }
 
+/// The replaced generation is drained as a stop drains: with `--release-when-idle` it is released
+/// once the connections it has left are idle, judged by its own connections alone: a busy one
+/// holds it, the serving generation's busy one does not.
+#[test]
+fn a_replaced_generation_is_released_once_its_own_connections_are_idle() {
+    require_root();
+    let netns = TestNetns::create();
+    let drainer = start(&netns, &["--release-when-idle", "1s"], &generation_server());
+    let idle = connect(&netns);
+    let mut busy = connect(&netns);
+    let talk = |stream: &mut TcpStream, until: &AtomicBool| {
+        while !until.load(Ordering::Relaxed) {
+            echo(stream, b"talking").unwrap();
+            thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let (quiet_one, quiet_two) = (AtomicBool::new(false), AtomicBool::new(false));
+    thread::scope(|scope| {
+        let (_quiet_one, _quiet_two) = (StopOnDrop(&quiet_one), StopOnDrop(&quiet_two));
+        scope.spawn(|| talk(&mut busy.stream, &quiet_one));
+        restart(&drainer, 2);
+        let mut serving = connect(&netns);
+        assert_ne!(serving.pid, idle.pid);
+        let quiet_two = &quiet_two;
+        scope.spawn(move || talk(&mut serving.stream, quiet_two));
+
+        // While one of its connections carries data, generation 1 is not released, however
+        // long its other one stays idle.
+        drainer.wait_for("restart: generation 1: 2 live", Duration::from_secs(5));
+        thread::sleep(drainer_harness::patience(Duration::from_secs(2)));
+        assert!(
+            !drainer.output().contains("generation 1 released"),
+            "generation 1 was released while a connection of its own carried data:\n{}",
+            drainer.output()
+        );
+        assert!(alive(idle.pid));
+
+        // Its connections fall silent; the serving generation's goes on talking.
+        quiet_one.store(true, Ordering::Relaxed);
+        drainer.wait_for(
+            "generation 1 released (the 2 connection(s) it has left have all been idle for \
+             1.0s or more)",
+            Duration::from_secs(10),
+        );
+        drainer.wait_for("restart done, generation 2 serves", Duration::from_secs(10));
+        assert!(!alive(idle.pid));
+        quiet_two.store(true, Ordering::Relaxed);
+    });
+}
+
+/// The replaced generation's drain deadline names its stragglers, and only its own: the serving
+/// generation's connection, on the same port, is not one.
+#[test]
+fn a_replaced_generation_cut_by_the_deadline_names_its_own_stragglers() {
+    require_root();
+    let netns = TestNetns::create();
+    let drainer = start(&netns, &["--drain-timeout", "2s"], &generation_server());
+    let held = connect(&netns);
+    restart(&drainer, 2);
+    let serving = connect(&netns);
+    let held_peer = held.stream.local_addr().unwrap();
+    let serving_peer = serving.stream.local_addr().unwrap();
+
+    let report = drainer.wait_for(
+        "restart: generation 1's drain deadline passed with 1 connections live: ",
+        Duration::from_secs(10),
+    );
+    assert!(
+        report.text.contains(&format!("{held_peer}→:{PORT}")),
+        "the report does not name generation 1's connection {held_peer}: {}",
+        report.text
+    );
+    assert!(
+        !report.text.contains(&serving_peer.to_string()),
+        "the report names generation 2's connection {serving_peer}: {}",
+        report.text
+    );
+    drainer.wait_for(
+        "generation 1 released (the drain deadline passed)",
+        Duration::from_secs(5),
+    );
+    drainer.wait_for("restart done, generation 2 serves", Duration::from_secs(10));
+    assert!(!alive(held.pid));
+    assert!(alive(serving.pid));
+}
+
 /// The pid in the app's `GET /health` answer, on a new connection to 127.0.0.1:`port`.
 fn health_pid(netns: &TestNetns, port: u16) -> i64 {
     let (code, body) = http_request(
@@ -368,6 +454,7 @@ fn behind_a_reverse_proxy_a_restart_fails_no_request_and_every_session_ends_norm
     let requests = thread::scope(|scope| {
         let requests = scope
             .spawn(|| get_on_new_connections_until(&netns, loopback(PROXY), "/health", 50, &stop));
+        let _stop = StopOnDrop(&stop);
         drainer.signal(Signal::SIGHUP);
         drainer.wait_for("go to generation 2 on port", Duration::from_secs(60));
         drainer.wait_for("restart done, generation 2 serves", Duration::from_secs(60));

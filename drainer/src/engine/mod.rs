@@ -7,6 +7,8 @@
 pub mod policy;
 mod progress;
 
+pub use self::progress::report_stragglers;
+
 use std::{
     cell::RefCell,
     time::{Duration, Instant},
@@ -23,7 +25,7 @@ use self::{
     progress::Progress,
 };
 use crate::{
-    kernel::{Count, Counts, Idleness, Kernel, TableSocket},
+    kernel::{Count, Counts, Idleness, Kernel, TableSocket, Whose},
     system::systemd::Systemd,
 };
 
@@ -237,7 +239,7 @@ impl Engine {
             self.idleness = None;
             return Ok(Activity::Unknown);
         };
-        let idleness = self.kernel.idleness(idle_for, now)?;
+        let idleness = self.kernel.idleness(idle_for, now, Whose::Serving)?;
         let activity = if idleness.active.is_empty() {
             Activity::AllIdle
         } else {
@@ -405,7 +407,7 @@ impl Engine {
             }
             ReleaseReason::DeadlinePassed => {
                 self.deadline_hits += 1;
-                self.progress.report_stragglers(&self.kernel, count);
+                progress::report_stragglers(&self.kernel, count, Whose::Serving, "drain");
                 self.hint_release_when_idle()?;
             }
         }
@@ -424,7 +426,7 @@ impl Engine {
         if self.settings.is_some_and(|s| s.release_when_idle.is_some()) {
             return Ok(());
         }
-        let idleness = self.kernel.idleness(at - started, at)?;
+        let idleness = self.kernel.idleness(at - started, at, Whose::Serving)?;
         if idleness.idle > 0 && idleness.active.is_empty() {
             warn!(
                 "the {} connection(s) that held this drain to its deadline carried no data during \
@@ -505,7 +507,7 @@ impl Engine {
             .filter(|_| release_when_idle.is_some());
         let most_idle = if with_connections {
             self.kernel
-                .most_idle(STATUS_MOST_IDLE)?
+                .most_idle(STATUS_MOST_IDLE, Whose::Serving)?
                 .iter()
                 .map(idle_connection)
                 .collect()

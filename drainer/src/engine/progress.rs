@@ -7,7 +7,7 @@ use tracing::{info, warn};
 
 use super::policy::DrainSettings;
 use crate::{
-    kernel::{Count, Counts, Idleness, Kernel, TableSocket},
+    kernel::{Count, Counts, Idleness, Kernel, TableSocket, Whose},
     system::systemd::Systemd,
 };
 
@@ -179,37 +179,10 @@ impl Progress {
         if live <= 0 && count.exact {
             return;
         }
-        match kernel.most_idle(MOST_IDLE_SHOWN) {
+        match kernel.most_idle(MOST_IDLE_SHOWN, Whose::Serving) {
             Ok(listed) if listed.is_empty() => info!(live, "{counted}"),
             Ok(listed) => info!(live, "{counted}; most idle: {}", list(&listed)),
             Err(err) => info!(live, "{counted} (cannot list them: {err:#})"),
-        }
-    }
-
-    /// The deadline cut the drain: name who was still connected.
-    pub(super) fn report_stragglers(&mut self, kernel: &Kernel, count: Count) {
-        match kernel.most_idle(STRAGGLERS_SHOWN) {
-            Ok(stragglers) if stragglers.is_empty() => warn!(
-                live = count.live,
-                "drain deadline passed with {}",
-                connections_live(count)
-            ),
-            Ok(stragglers) => warn!(
-                live = count.live,
-                "drain deadline passed with {}: {}{}",
-                connections_live(count),
-                list(&stragglers),
-                if count.live > stragglers.len() as i64 {
-                    ", …"
-                } else {
-                    ""
-                }
-            ),
-            Err(err) => warn!(
-                live = count.live,
-                "drain deadline passed with {} (cannot list them: {err:#})",
-                connections_live(count)
-            ),
         }
     }
 
@@ -244,6 +217,34 @@ impl Progress {
                 counts.outbound_unrecorded
             );
         }
+    }
+}
+
+/// The deadline cut a drain: names who was still connected. `whose` connections were drained,
+/// `drain` names that drain in the log.
+pub fn report_stragglers(kernel: &Kernel, count: Count, whose: Whose, drain: &str) {
+    match kernel.most_idle(STRAGGLERS_SHOWN, whose) {
+        Ok(stragglers) if stragglers.is_empty() => warn!(
+            live = count.live,
+            "{drain} deadline passed with {}",
+            connections_live(count)
+        ),
+        Ok(stragglers) => warn!(
+            live = count.live,
+            "{drain} deadline passed with {}: {}{}",
+            connections_live(count),
+            list(&stragglers),
+            if count.live > stragglers.len() as i64 {
+                ", …"
+            } else {
+                ""
+            }
+        ),
+        Err(err) => warn!(
+            live = count.live,
+            "{drain} deadline passed with {} (cannot list them: {err:#})",
+            connections_live(count)
+        ),
     }
 }
 

@@ -159,7 +159,7 @@ impl Counter {
     fn recount(&self, counts: &mut Counts, ports: &[u16]) -> Result<()> {
         let owners = self.table.listener_owners(ports)?;
         counts.recount_start();
-        self.table.for_each(ports, |socket| {
+        self.table.for_each(ports, |_, socket| {
             let port_owners = owners.iter().filter(|(port, _)| *port == socket.local_port);
             let mut port_owners = port_owners.map(|&(_, uid)| uid).peekable();
             if port_owners.peek().is_none() || port_owners.any(|uid| uid == socket.uid) {

@@ -55,6 +55,16 @@ pub use self::{
 };
 use crate::system::capabilities::{self, CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, Capability};
 
+/// Which generation of a restarted server a report is about. Both have the public port as their
+/// connections' local port, so only the kernel side's records tell them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Whose {
+    /// The generation new connections go to: outside a restart, every connection.
+    Serving,
+    /// The generation a restart under way replaces.
+    Replaced,
+}
+
 /// What to guard: ports in one network namespace.
 pub struct Target<'a> {
     pub ports: &'a [u16],
@@ -120,22 +130,41 @@ impl Kernel {
         self.counter.recheck_at()
     }
 
-    /// The `limit` live connections on the ports idle the longest, most idle first.
-    pub fn most_idle(&self, limit: usize) -> Result<Vec<TableSocket>> {
-        self.counter.table().most_idle(self.ports(), limit)
+    /// `whose` `limit` live connections on the ports idle the longest, most idle first.
+    pub fn most_idle(&self, limit: usize, whose: Whose) -> Result<Vec<TableSocket>> {
+        let belongs = self.belongs(whose);
+        self.counter.table().most_idle(self.ports(), limit, belongs)
     }
 
-    /// The live connections on the ports measured against `idle_for`, as of `now`.
+    /// `whose` live connections on the ports measured against `idle_for`, as of `now`.
     pub fn idleness(
         &self,
         idle_for: std::time::Duration,
         now: std::time::Instant,
+        whose: Whose,
     ) -> Result<Idleness> {
+        let belongs = self.belongs(whose);
         let mut idleness = Idleness::new(idle_for);
         self.counter
             .table()
-            .for_each(self.ports(), |socket| idleness.add(socket, now))?;
+            .for_each(self.ports(), |cookie, socket| {
+                if belongs(cookie) {
+                    idleness.add(socket, now);
+                }
+            })?;
         Ok(idleness)
+    }
+
+    /// Whether the connection with a given cookie is `whose`. During a restart the programs know
+    /// the replaced generation's connections by cookie; outside one, all are the serving one's.
+    fn belongs(&self, whose: Whose) -> impl Fn(u64) -> bool {
+        let replaced = self.programs.replaced_connections();
+        move |cookie| match (&replaced, whose) {
+            (None, Whose::Serving) => true,
+            (None, Whose::Replaced) => false,
+            (Some(replaced), Whose::Replaced) => replaced.contains(&cookie),
+            (Some(replaced), Whose::Serving) => !replaced.contains(&cookie),
+        }
     }
 
     /// Attaches the programs: the refusal hook first when `refuse` (new connections refused from

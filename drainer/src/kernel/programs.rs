@@ -5,6 +5,7 @@
 //! Nothing is pinned: every program hangs off a link owned by this process, so when drainer exits
 //! or dies the kernel detaches them and the ports behave as if drainer had never run.
 use std::{
+    collections::HashSet,
     fs::File,
     io::{ErrorKind, Read as _},
     os::{
@@ -37,13 +38,10 @@ use super::{
     layout::KernelLayout,
     listeners::Listener,
     netns::Netns,
-    seeded_table,
+    seeded_table::{self, SeededTable},
 };
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/drainer"));
-
-/// include/uapi/linux/bpf.h: an inner map whose size is not part of its array of maps' template.
-const BPF_F_INNER_MAP: u32 = 1 << 12;
 
 /// How long after the sweep connections still count as found by it; see `start_tracking`.
 const SEED_SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
@@ -143,6 +141,8 @@ pub(super) struct Programs {
     restart_tracking: bool,
     /// A drain has started (and not been resumed): the tracking is the drain's too.
     draining: bool,
+    /// The table of the tracking under way, or of the last.
+    seeded: Option<SeededTable>,
 }
 
 impl Programs {
@@ -190,6 +190,7 @@ impl Programs {
             steering: None,
             restart_tracking: false,
             draining: false,
+            seeded: None,
         };
         programs.load_transitions(&btf)?;
         if target.restarts {
@@ -295,11 +296,11 @@ impl Programs {
     /// namespace holds now.
     fn new_seeded_table(&mut self) -> Result<()> {
         let slots = self.netns.run_inside(seeded_table::slots)?;
-        let table = Array::<MapData, u64>::create(slots, BPF_F_INNER_MAP)
-            .with_context(|| format!("creating a table of {slots} seeded connections"))?;
-        let mut tables: ArrayOfMaps<_, Array<MapData, u64>> =
+        let table = SeededTable::create(slots)?;
+        let mut tables: ArrayOfMaps<_, MapData> =
             ArrayOfMaps::try_from(self.map_mut("SEEDED")?).context("SEEDED map")?;
-        tables.set(0, &table, 0).context("installing SEEDED")?;
+        tables.set(0, table.map(), 0).context("installing SEEDED")?;
+        self.seeded = Some(table);
         let mut mask: Array<_, u64> =
             Array::try_from(self.map_mut("SEEDED_SLOT_MASK")?).context("SEEDED_SLOT_MASK map")?;
         mask.set(0, &u64::from(slots - 1), 0)
@@ -383,6 +384,15 @@ impl Programs {
                 format!("attaching sk_lookup to network namespace {description}")
             })?);
         Ok(())
+    }
+
+    /// While a restart's tracking runs, the cookies of the replaced generation's live
+    /// connections: during a restart the seeded table holds exactly those.
+    pub(super) fn replaced_connections(&self) -> Option<HashSet<u64>> {
+        self.seeded
+            .as_ref()
+            .filter(|_| self.restart_tracking && self.tracking())
+            .map(SeededTable::cookies)
     }
 
     /// A drain starts: the tracking it finds under way (a restart's) is its own from now on.

@@ -114,7 +114,7 @@ impl SocketTable {
     /// Every live TCP socket whose local port is one of `ports`, by socket cookie.
     pub fn sockets(&self, ports: &[u16]) -> Result<HashMap<u64, TableSocket>> {
         let mut found = HashMap::new();
-        self.each_socket(ports, |cookie, socket| {
+        self.for_each(ports, |cookie, socket| {
             found.insert(cookie, socket);
         })?;
         Ok(found)
@@ -122,9 +122,18 @@ impl SocketTable {
 
     /// The `limit` live sockets on `ports` idle the longest, most idle first; memory stays bounded
     /// by `limit`, not by the number of sockets.
-    pub fn most_idle(&self, ports: &[u16], limit: usize) -> Result<Vec<TableSocket>> {
+    /// `keep` chooses among them by socket cookie.
+    pub fn most_idle(
+        &self,
+        ports: &[u16],
+        limit: usize,
+        keep: impl Fn(u64) -> bool,
+    ) -> Result<Vec<TableSocket>> {
         let mut kept = BinaryHeap::with_capacity(limit + 1);
-        self.each_socket(ports, |cookie, socket| {
+        self.for_each(ports, |cookie, socket| {
+            if !keep(cookie) {
+                return;
+            }
             kept.push(Reverse((socket.idle, cookie, socket)));
             if kept.len() > limit {
                 kept.pop();
@@ -137,12 +146,8 @@ impl SocketTable {
             .collect())
     }
 
-    /// Calls `each` with every live socket on `ports`, one dump, nothing kept.
-    pub fn for_each(&self, ports: &[u16], mut each: impl FnMut(TableSocket)) -> Result<()> {
-        self.each_socket(ports, |_, socket| each(socket))
-    }
-
-    fn each_socket(&self, ports: &[u16], mut each: impl FnMut(u64, TableSocket)) -> Result<()> {
+    /// Calls `each` with every live socket on `ports` and its cookie, one dump, nothing kept.
+    pub fn for_each(&self, ports: &[u16], mut each: impl FnMut(u64, TableSocket)) -> Result<()> {
         let mut buffer = vec![0u8; 64 * 1024];
         for family in [AF_INET, AF_INET6] {
             self.dump(family, LIVE_STATES, &mut buffer, |cookie, socket| {
@@ -294,7 +299,10 @@ mod tests {
         let mut busy = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let (_busy_server, _) = listener.accept().unwrap();
         busy.write_all(b"x").unwrap();
-        let listed = SocketTable::open().unwrap().most_idle(&[port], 1).unwrap();
+        let listed = SocketTable::open()
+            .unwrap()
+            .most_idle(&[port], 1, |_| true)
+            .unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].peer, quiet.local_addr().unwrap());
         assert!(listed[0].idle.unwrap() >= Duration::from_millis(250));

@@ -24,7 +24,7 @@ pub use self::restart::RestartOptions;
 use self::{
     child::{Child, ExitStatus},
     privileges::{ChildPrivileges, Identity},
-    restart::{Generation, Restart},
+    restart::{Generation, ReplacedDrain, Restart},
 };
 use crate::{
     engine::{
@@ -217,11 +217,12 @@ impl Supervisor {
                     let now = std::time::Instant::now();
                     if let Some(restart) = self.restart.take() {
                         let starting = restart.starting();
+                        let replaced_drain = self.replaced_drain();
                         self.restart = if restart.next_wakeup().is_some_and(|at| at <= now) {
                             restart.on_timer(
                                 engine.kernel_mut(),
                                 &mut self.serving,
-                                self.options.drain,
+                                replaced_drain,
                             )?
                         } else {
                             Some(restart)
@@ -233,10 +234,11 @@ impl Supervisor {
                 Input::Listening => {
                     if let Some(restart) = self.restart.take() {
                         let starting = restart.starting();
+                        let replaced_drain = self.replaced_drain();
                         self.restart = restart.on_listening(
                             engine.kernel_mut(),
                             &mut self.serving,
-                            self.options.drain,
+                            replaced_drain,
                         )?;
                         self.after_restart_step(starting, engine)?;
                     }
@@ -321,6 +323,13 @@ impl Supervisor {
             return self.begin_restart(engine);
         }
         Ok(())
+    }
+
+    fn replaced_drain(&self) -> ReplacedDrain {
+        ReplacedDrain {
+            settings: self.options.drain,
+            kill_after: self.options.kill_after,
+        }
     }
 
     fn begin_restart(&mut self, engine: &mut Engine) -> Result<()> {

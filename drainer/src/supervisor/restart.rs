@@ -24,9 +24,12 @@ use super::{
     privileges::ChildPrivileges,
 };
 use crate::{
-    engine::policy::{Activity, Drain, DrainSettings, Phase, ReleaseReason, Step},
+    engine::{
+        policy::{Activity, Drain, DrainSettings, Phase, ReleaseReason, Step},
+        report_stragglers,
+    },
     event_loop::watch,
-    kernel::{Kernel, Listener},
+    kernel::{Idleness, Kernel, Listener, Whose},
     system::capabilities,
 };
 
@@ -48,6 +51,13 @@ pub struct RestartOptions {
     pub signal: Signal,
     /// How long a new generation may take to listen on its port.
     pub ready_timeout: Duration,
+}
+
+/// How a restart drains the generation it replaces: as a stop drains the server.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplacedDrain {
+    pub settings: DrainSettings,
+    pub kill_after: Duration,
 }
 
 /// One run of the server's command.
@@ -115,9 +125,13 @@ pub enum Restart {
     /// New connections go to the next generation, which now serves; the replaced one drains.
     Draining {
         replaced: Generation,
-        drain: Drain,
+        /// Boxed: larger than the other state by far.
+        drain: Box<Drain>,
         /// The last count logged, and when.
         logged: Option<(i64, Instant)>,
+        /// Its live connections against the idle threshold, when the drain releases on
+        /// idleness.
+        idleness: Option<Idleness>,
     },
 }
 
@@ -180,7 +194,15 @@ impl Restart {
             Self::Starting {
                 deadline, retry, ..
             } => Some(retry.map_or(*deadline, |(at, _)| at.min(*deadline))),
-            Self::Draining { drain, .. } => drain.next_timer(),
+            Self::Draining {
+                drain, idleness, ..
+            } => [
+                drain.next_timer(),
+                idleness.as_ref().and_then(|i| i.next_check),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
         }
     }
 
@@ -190,16 +212,16 @@ impl Restart {
         self,
         kernel: &mut Kernel,
         serving: &mut Generation,
-        settings: DrainSettings,
+        replaced_drain: ReplacedDrain,
     ) -> Result<Option<Self>> {
-        self.look_for_listener(kernel, serving, settings, 0)
+        self.look_for_listener(kernel, serving, replaced_drain, 0)
     }
 
     fn look_for_listener(
         self,
         kernel: &mut Kernel,
         serving: &mut Generation,
-        settings: DrainSettings,
+        replaced_drain: ReplacedDrain,
         looks: u32,
     ) -> Result<Option<Self>> {
         let Self::Starting {
@@ -235,7 +257,7 @@ impl Restart {
             next.port,
             started.elapsed().as_secs_f64()
         );
-        match switch(kernel, serving, next, &listeners, settings) {
+        match switch(kernel, serving, next, &listeners, replaced_drain) {
             Ok(draining) => Ok(Some(draining)),
             Err((next, err)) => {
                 let status = give_up(kernel, &next)?;
@@ -255,12 +277,37 @@ impl Restart {
             replaced,
             drain,
             logged,
+            idleness,
         } = self
         else {
             return Ok(());
         };
         let count = kernel.counts()?.replaced();
         let now = Instant::now();
+        let activity = match drain.phase() {
+            Phase::Draining {
+                refusing: true,
+                settings:
+                    DrainSettings {
+                        release_when_idle: Some(idle_for),
+                        ..
+                    },
+                ..
+            } => {
+                let seen = kernel.idleness(idle_for, now, Whose::Replaced)?;
+                let activity = if seen.active.is_empty() {
+                    Activity::AllIdle
+                } else {
+                    Activity::Busy
+                };
+                *idleness = Some(seen);
+                activity
+            }
+            _ => {
+                *idleness = None;
+                Activity::Unknown
+            }
+        };
         if logged.is_none_or(|(live, at)| live != count.live && now >= at + PROGRESS_EVERY) {
             info!(
                 live = count.live,
@@ -268,8 +315,8 @@ impl Restart {
             );
             *logged = Some((count.live, now));
         }
-        if let Some(step) = drain.on_count(count, Activity::Unknown, now) {
-            carry_out(replaced, step)?;
+        if let Some(step) = drain.on_count(count, activity, now) {
+            carry_out(kernel, replaced, idleness.as_ref(), step)?;
         }
         Ok(())
     }
@@ -280,7 +327,7 @@ impl Restart {
         mut self,
         kernel: &mut Kernel,
         serving: &mut Generation,
-        settings: DrainSettings,
+        replaced_drain: ReplacedDrain,
     ) -> Result<Option<Self>> {
         let now = Instant::now();
         match &mut self {
@@ -294,7 +341,7 @@ impl Restart {
                     && now >= at
                 {
                     *retry = None;
-                    return self.look_for_listener(kernel, serving, settings, looks);
+                    return self.look_for_listener(kernel, serving, replaced_drain, looks);
                 }
                 if now >= *deadline {
                     let status = give_up(kernel, next)?;
@@ -306,11 +353,23 @@ impl Restart {
                     return Ok(None);
                 }
             }
+            Self::Draining { idleness, .. }
+                if idleness
+                    .as_ref()
+                    .and_then(|i| i.next_check)
+                    .is_some_and(|at| at <= now) =>
+            {
+                // A connection may have fallen silent: nothing announces that.
+                self.on_counts(kernel)?;
+            }
             Self::Draining {
-                replaced, drain, ..
+                replaced,
+                drain,
+                idleness,
+                ..
             } => {
                 for step in drain.on_timer(now) {
-                    carry_out(replaced, step)?;
+                    carry_out(kernel, replaced, idleness.as_ref(), step)?;
                 }
             }
         }
@@ -387,7 +446,7 @@ fn switch(
     serving: &mut Generation,
     next: Generation,
     listeners: &[Listener],
-    settings: DrainSettings,
+    replaced_drain: ReplacedDrain,
 ) -> std::result::Result<Restart, (Generation, anyhow::Error)> {
     let public = kernel.ports()[0];
     let replaced_listeners = match kernel.listeners(serving.pid(), serving.port) {
@@ -412,13 +471,13 @@ fn switch(
         ),
     }
     let replaced = std::mem::replace(serving, next);
-    let mut drain = Drain::new(
+    let mut drain = Box::new(Drain::new(
         DrainSettings {
             accept_for: Duration::ZERO,
-            ..settings
+            ..replaced_drain.settings
         },
-        None,
-    );
+        Some(replaced_drain.kill_after),
+    ));
     // For the replaced generation the switch is what refusal is for a stop: no new connection
     // reaches it any more.
     let _ = drain.on_stop_signal(Signal::SIGTERM, Instant::now());
@@ -426,6 +485,7 @@ fn switch(
         replaced,
         drain,
         logged: None,
+        idleness: None,
     };
     if let Err(err) = draining.on_counts(kernel) {
         warn!("restart: reading the replaced generation's count: {err:#}");
@@ -439,15 +499,34 @@ fn give_up(kernel: &mut Kernel, generation: &Generation) -> Result<ExitStatus> {
     generation.child().kill_and_reap()
 }
 
-/// Carries out a step of the replaced generation's drain.
-fn carry_out(replaced: &Generation, step: Step) -> Result<()> {
+/// Carries out a step of the replaced generation's drain; `idleness` is what the last look at its
+/// connections found, when the drain releases on idleness.
+fn carry_out(
+    kernel: &Kernel,
+    replaced: &Generation,
+    idleness: Option<&Idleness>,
+    step: Step,
+) -> Result<()> {
     match step {
         Step::Release { reason, .. } => {
             let why = match reason {
-                ReleaseReason::Drained => "its connections have all closed",
-                ReleaseReason::Idle => "its connections left are idle",
-                ReleaseReason::DeadlinePassed => "the drain deadline passed",
-                ReleaseReason::SecondSignal | ReleaseReason::Forced => "asked to",
+                ReleaseReason::Drained => "its connections have all closed".to_owned(),
+                ReleaseReason::Idle => format!(
+                    "the {} connection(s) it has left have all been idle for {:.1}s or more",
+                    idleness.map_or(0, |i| i.idle),
+                    idleness.map_or(0.0, |i| i.idle_for.as_secs_f64())
+                ),
+                ReleaseReason::DeadlinePassed => {
+                    let count = kernel.counts()?.replaced();
+                    report_stragglers(
+                        kernel,
+                        count,
+                        Whose::Replaced,
+                        &format!("restart: generation {}'s drain", replaced.number),
+                    );
+                    "the drain deadline passed".to_owned()
+                }
+                ReleaseReason::SecondSignal | ReleaseReason::Forced => "asked to".to_owned(),
             };
             info!(
                 "restart: generation {} released ({why}): sending SIGTERM",

@@ -223,6 +223,16 @@ pub struct NewConnectionRequests {
     pub failures: Vec<(f64, String)>,
 }
 
+/// Sets a stop flag when dropped. Made inside `thread::scope` before anything that can panic: a
+/// panicking test would otherwise wait forever for client threads that never see the flag set.
+pub struct StopOnDrop<'a>(pub &'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Sends `GET path` to `addr` from inside `netns`, each request on a new connection, at
 /// `per_second` until `stop` is set.
 pub fn get_on_new_connections_until(

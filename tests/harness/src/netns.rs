@@ -143,7 +143,22 @@ impl TestNetns {
 }
 
 impl Drop for TestNetns {
+    /// Kills what still runs in the namespace first: a server whose drainer a test killed runs
+    /// on (drainer fails open), and would outlive the test.
     fn drop(&mut self) {
+        if let Ok(output) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
         let _ = Command::new("ip")
             .args(["netns", "delete", &self.name])
             .status();
