@@ -7,11 +7,12 @@
 //! its accept window ends), then the tracepoint, then sweeps the connections that exist; from
 //! then on the counters are the count. Resuming detaches everything again.
 //!
-//! A restart of a server (`drainer run --restart-signal`) attaches a listener watch while the
-//! next generation starts; once it listens, the replaced generation's listeners are marked, the
-//! tracepoint follows that generation's connections alone, and new connections are steered to
-//! the next generation's listener when it is not on the public port. The watch and the
-//! tracepoint go once the replaced generation is released; steering stays while it is needed.
+//! A restart of a server (`drainer run --restart-signal`) begins before the next generation
+//! starts: the serving generation's listeners are marked, the tracepoint follows that
+//! generation's connections alone, and a listener watch waits for the next generation. Once it
+//! listens, new connections are steered to its listener when it is not on the public port — the
+//! switch is that one step. The watch and the tracepoint go once the replaced generation is
+//! released, or the restart is given up; steering stays while it is needed.
 //!
 //! | module | owns |
 //! |---|---|
@@ -190,17 +191,6 @@ impl Kernel {
         Ok(!self.counter.table().listener_inodes(port)?.is_empty())
     }
 
-    /// A restart waits for its next generation: announces (through the ring buffer) each socket
-    /// of the namespace that begins listening on `port`.
-    pub fn watch_listeners(&mut self, port: u16) -> Result<()> {
-        let _raised = capabilities::raise(&self.privileges)?;
-        self.programs.watch_listeners(port)
-    }
-
-    pub fn stop_watching_listeners(&mut self) -> Result<()> {
-        self.programs.stop_watching_listeners()
-    }
-
     /// What [`Kernel::listeners`] needs permitted: reading another user's /proc/PID/fd, and
     /// copying a descriptor from a process drainer may ptrace.
     pub const LISTENER_PRIVILEGES: [Capability; 2] = [CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE];
@@ -211,25 +201,35 @@ impl Kernel {
         listeners::of_process_group(self.counter.table(), process_group, port)
     }
 
-    /// A restart's switch: the replaced generation's listeners marked, and from now on its
-    /// connections counted apart from the serving generation's ([`Counts::replaced`]), then new
-    /// connections for `port` handed to the next generation's listeners, or left to the usual
-    /// lookup when the next generation listens on `port` itself.
-    pub fn switch_generations(
-        &mut self,
-        port: u16,
-        replaced: &[Listener],
-        next: Option<&[Listener]>,
-    ) -> Result<()> {
+    /// A restart begins, before its next generation starts: the serving generation's listeners
+    /// (`replaced`) are marked, and from now on its connections — those that exist, those its
+    /// listeners hand over later — are counted apart ([`Counts::replaced`]); the next
+    /// generation's listener on `watched` port will be announced through the ring buffer. Done
+    /// before the next generation runs, so its `listen()` is followed at once by the switch.
+    pub fn begin_restart(&mut self, replaced: &[Listener], watched: u16) -> Result<()> {
         let _raised = capabilities::raise(&self.privileges)?;
-        self.programs.stop_watching_listeners()?;
         self.programs.mark_replaced(replaced)?;
         self.counter.restart();
         self.programs.start_tracking(true)?;
+        self.programs.watch_listeners(watched)
+    }
+
+    /// The restart's switch: new connections for `port` handed to the next generation's
+    /// listeners, or left to the usual lookup when it listens on `port` itself.
+    pub fn switch_generations(&mut self, port: u16, next: Option<&[Listener]>) -> Result<()> {
+        let _raised = capabilities::raise(&self.privileges)?;
+        self.programs.stop_watching_listeners()?;
         match next {
             Some(listeners) => self.programs.steer(port, listeners),
             None => self.programs.stop_steering(),
         }
+    }
+
+    /// A restart given up before its switch: the serving generation's listeners (`replaced`)
+    /// lose their mark, so its connections cost nothing again, and nothing is followed.
+    pub fn abandon_restart(&mut self, replaced: &[Listener]) -> Result<()> {
+        self.programs.unmark_replaced(replaced)?;
+        self.end_restart()
     }
 
     /// The replaced generation is gone: nothing is followed any more, unless a drain counts the

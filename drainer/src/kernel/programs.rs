@@ -19,8 +19,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{
-        Array, ArrayOfMaps, HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf, SkStorage,
-        SockMap,
+        Array, ArrayOfMaps, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf,
+        SkStorage, SockMap,
     },
     programs::{
         BtfTracePoint, Iter, SkLookup, sk_lookup::SkLookupLinkId, tp_btf::BtfTracePointLinkId,
@@ -422,6 +422,26 @@ impl Programs {
         for listener in listeners {
             tags.insert(&listener.fd, &1, 0)
                 .context("marking a listener of the replaced generation")?;
+        }
+        Ok(())
+    }
+
+    /// Takes the mark off listeners a restart no longer replaces: the connections they create
+    /// carry nothing again.
+    pub(super) fn unmark_replaced(&mut self, listeners: &[Listener]) -> Result<()> {
+        let mut tags: SkStorage<_, u32> =
+            SkStorage::try_from(self.map_mut("LISTENER_TAGS")?).context("LISTENER_TAGS map")?;
+        for listener in listeners {
+            match tags.remove(&listener.fd) {
+                Err(MapError::SyscallError(failed))
+                    if failed.io_error.kind() != ErrorKind::NotFound =>
+                {
+                    return Err(MapError::SyscallError(failed))
+                        .context("unmarking a listener of the serving generation");
+                }
+                // Not marked: nothing to take off.
+                _ => {}
+            }
         }
         Ok(())
     }

@@ -116,6 +116,8 @@ pub enum Restart {
     /// The next generation runs and does not listen on its port yet.
     Starting {
         next: Generation,
+        /// The serving generation's listeners, marked as the replaced generation's.
+        replaced_listeners: Vec<Listener>,
         started: Instant,
         deadline: Instant,
         /// When to look for its listener again after an announcement found none, and how many
@@ -151,11 +153,17 @@ impl Restart {
         } else {
             public
         };
-        kernel.watch_listeners(port)?;
+        let replaced_listeners = kernel
+            .listeners(serving.pid(), serving.port)
+            .context("finding the serving generation's listeners")?;
+        if let Err(err) = kernel.begin_restart(&replaced_listeners, port) {
+            kernel.abandon_restart(&replaced_listeners)?;
+            return Err(err);
+        }
         let next = match Generation::start(serving.number + 1, command, port, privileges) {
             Ok(next) => next,
             Err(err) => {
-                kernel.stop_watching_listeners()?;
+                kernel.abandon_restart(&replaced_listeners)?;
                 return Err(err);
             }
         };
@@ -168,6 +176,7 @@ impl Restart {
         let now = Instant::now();
         Ok(Self::Starting {
             next,
+            replaced_listeners,
             started: now,
             deadline: now + options.ready_timeout,
             retry: None,
@@ -226,6 +235,7 @@ impl Restart {
     ) -> Result<Option<Self>> {
         let Self::Starting {
             next,
+            replaced_listeners,
             started,
             deadline,
             ..
@@ -246,6 +256,7 @@ impl Restart {
             }
             return Ok(Some(Self::Starting {
                 next,
+                replaced_listeners,
                 started,
                 deadline,
                 retry,
@@ -260,7 +271,7 @@ impl Restart {
         match switch(kernel, serving, next, &listeners, replaced_drain) {
             Ok(draining) => Ok(Some(draining)),
             Err((next, err)) => {
-                let status = give_up(kernel, &next)?;
+                let status = give_up(kernel, &next, &replaced_listeners)?;
                 warn!(
                     "restart: could not hand new connections to generation {} ({err:#}): \
                      stopped ({status}); generation {} serves on",
@@ -333,6 +344,7 @@ impl Restart {
         match &mut self {
             Self::Starting {
                 next,
+                replaced_listeners,
                 deadline,
                 retry,
                 ..
@@ -344,7 +356,7 @@ impl Restart {
                     return self.look_for_listener(kernel, serving, replaced_drain, looks);
                 }
                 if now >= *deadline {
-                    let status = give_up(kernel, next)?;
+                    let status = give_up(kernel, next, replaced_listeners)?;
                     warn!(
                         "restart: generation {} did not listen on port {} within the ready \
                          timeout: stopped ({status}); generation {} serves on",
@@ -384,7 +396,11 @@ impl Restart {
         status: ExitStatus,
     ) -> Result<()> {
         match self {
-            Self::Starting { next, .. } => {
+            Self::Starting {
+                next,
+                replaced_listeners,
+                ..
+            } => {
                 let public = kernel.ports()[0];
                 let hint = if next.port == public {
                     String::new()
@@ -399,7 +415,7 @@ impl Restart {
                      generation {} serves on",
                     next.number, next.port, serving.number
                 );
-                kernel.stop_watching_listeners()
+                kernel.abandon_restart(&replaced_listeners)
             }
             Self::Draining {
                 replaced, drain, ..
@@ -426,8 +442,12 @@ impl Restart {
     /// `None`: nothing of the restart is left.
     pub fn on_stop(self, kernel: &mut Kernel) -> Result<Option<Self>> {
         match self {
-            Self::Starting { next, .. } => {
-                let status = give_up(kernel, &next)?;
+            Self::Starting {
+                next,
+                replaced_listeners,
+                ..
+            } => {
+                let status = give_up(kernel, &next, &replaced_listeners)?;
                 warn!(
                     "restart: stopping before generation {} listened: stopped it ({status})",
                     next.number
@@ -439,8 +459,9 @@ impl Restart {
     }
 }
 
-/// The switch: the serving generation becomes the replaced one, its connections alone counted
-/// from now on, and new connections go to `next`. On failure `next` is handed back.
+/// The switch: the serving generation becomes the replaced one (its connections have been
+/// counted apart since the restart began), and new connections go to `next`. On failure `next`
+/// is handed back.
 fn switch(
     kernel: &mut Kernel,
     serving: &mut Generation,
@@ -449,12 +470,8 @@ fn switch(
     replaced_drain: ReplacedDrain,
 ) -> std::result::Result<Restart, (Generation, anyhow::Error)> {
     let public = kernel.ports()[0];
-    let replaced_listeners = match kernel.listeners(serving.pid(), serving.port) {
-        Ok(found) => found,
-        Err(err) => return Err((next, err)),
-    };
     let steer_to = (next.port != public).then_some(listeners);
-    if let Err(err) = kernel.switch_generations(public, &replaced_listeners, steer_to) {
+    if let Err(err) = kernel.switch_generations(public, steer_to) {
         return Err((next, err));
     }
     match steer_to {
@@ -493,9 +510,14 @@ fn switch(
     Ok(draining)
 }
 
-/// Stops a generation that never served: its process group, at once.
-fn give_up(kernel: &mut Kernel, generation: &Generation) -> Result<ExitStatus> {
-    kernel.stop_watching_listeners()?;
+/// Stops a generation that never served: its process group, at once; the serving generation,
+/// whose listeners are `replaced_listeners`, is no longer followed.
+fn give_up(
+    kernel: &mut Kernel,
+    generation: &Generation,
+    replaced_listeners: &[Listener],
+) -> Result<ExitStatus> {
+    kernel.abandon_restart(replaced_listeners)?;
     generation.child().kill_and_reap()
 }
 
