@@ -4,6 +4,7 @@ mod bed;
 mod clock;
 mod load;
 mod measure;
+mod replacement;
 mod report;
 mod roles;
 mod stats;
@@ -17,6 +18,7 @@ use clap::{Parser, Subcommand};
 use crate::{
     bed::Bed,
     measure::{Steering, Variant},
+    replacement::Way,
     report::{Bar, Row},
     stats::MeanInterval,
     verdict::Verdict,
@@ -39,7 +41,7 @@ enum Role {
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
         /// Only these measurements (rate, throughput, release, activation, scale, idle, node,
-        /// steering).
+        /// steering, replacement).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
@@ -97,6 +99,9 @@ struct Plan {
     /// Rounds of measurement 7, fewer than `rounds`: each round starts 120 daemons, at about
     /// 0.3 s of CPU each nearly 20 s on two cores.
     node_rounds: usize,
+    /// Replacements of measurement 9 each way, and how long its live session lasts.
+    replacements: usize,
+    session: Duration,
 }
 
 fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
@@ -109,6 +114,8 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
             scale: &[10_000],
             idle: Duration::from_secs(3),
             node_rounds: 3,
+            replacements: 1,
+            session: Duration::from_secs(2),
         }
     } else {
         Plan {
@@ -118,6 +125,8 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
             scale: &[10_000, 100_000, 1_000_000],
             idle: Duration::from_secs(10),
             node_rounds: 9,
+            replacements: 5,
+            session: Duration::from_secs(3),
         }
     };
     let date = String::from_utf8_lossy(
@@ -133,7 +142,7 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
 
     if wanted("rate") {
         const GOAL: f64 = 0.99;
-        eprintln!("bench: 1/8 new-connection rate");
+        eprintln!("bench: 1/9 new-connection rate");
         let rate = measure::connection_rate(&Bed::create("rate"), plan.rounds, plan.duration);
         let drainer = rate.ratio(Variant::Drainer);
         let nftables = rate.ratio(Variant::Nftables);
@@ -161,7 +170,7 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
     }
     if wanted("throughput") {
         const GOAL: f64 = 0.995;
-        eprintln!("bench: 2/8 established throughput");
+        eprintln!("bench: 2/9 established throughput");
         let flow = measure::throughput(&Bed::create("throughput"), plan.rounds, plan.duration);
         let drainer = flow.ratio(Variant::Drainer);
         rows.push(Row {
@@ -184,7 +193,7 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
         });
     }
     if wanted("release") {
-        eprintln!("bench: 3/8 release latency ({} drains each)", plan.drains);
+        eprintln!("bench: 3/9 release latency ({} drains each)", plan.drains);
         let (ours, peer) = measure::release_latency(&Bed::create("release"), plan.drains);
         rows.push(Row {
         measurement: format!("3. release latency, last close → child signalled ({} drains each)", ours.count),
@@ -198,7 +207,7 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
     });
     }
     if wanted("activation") {
-        eprintln!("bench: 4/8 refusal activation ({} drains)", plan.drains);
+        eprintln!("bench: 4/9 refusal activation ({} drains)", plan.drains);
         let activation = measure::refusal_activation(&Bed::create("activation"), plan.drains);
         rows.push(Row {
             measurement: format!(
@@ -233,7 +242,7 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
             });
             continue;
         }
-        eprintln!("bench: 5/8 scale, {connections} connections");
+        eprintln!("bench: 5/9 scale, {connections} connections");
         let point = measure::scale(&Bed::create("scale"), connections);
         let expected = connections as i64;
         let exact =
@@ -262,7 +271,7 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
     }
 
     if wanted("idle") {
-        eprintln!("bench: 6/8 idle cost");
+        eprintln!("bench: 6/9 idle cost");
         let idle = measure::idle(&Bed::create("idle"), plan.idle);
         rows.push(Row {
             measurement: format!("6. idle daemon over {:.0} s", idle.window.as_secs_f64()),
@@ -279,7 +288,7 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
     if wanted("node") {
         const GOAL: f64 = 0.99;
         let [none, some, many] = NEIGHBOUR_DRAINERS;
-        eprintln!("bench: 7/8 drainers on one node ({none}, {some}, {many})");
+        eprintln!("bench: 7/9 drainers on one node ({none}, {some}, {many})");
         let node = measure::drainers_on_one_node(
             &Bed::create("node"),
             &NEIGHBOUR_DRAINERS,
@@ -312,7 +321,7 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
 
     if wanted("steering") {
         const GOAL: f64 = 0.99;
-        eprintln!("bench: 8/8 new connections steered to a restarted server's generation");
+        eprintln!("bench: 8/9 new connections steered to a restarted server's generation");
         let steering = measure::steered_rate(&Bed::create("steering"), plan.rounds, plan.duration);
         let steered = steering.ratio(Steering::Steered);
         rows.push(Row {
@@ -333,6 +342,70 @@ fn run(quick: bool, out: &std::path::Path, only: &[String]) -> Result<()> {
                 ratio: steered,
                 goal: GOAL,
             }),
+        });
+    }
+
+    if wanted("replacement") {
+        eprintln!(
+            "bench: 9/9 a server replaced three ways, {} new connections/s offered throughout",
+            replacement::RATE
+        );
+        let runs =
+            replacement::replacements(&Bed::create("replacement"), plan.replacements, plan.session);
+        let of = |way: Way| runs.iter().filter(move |r| r.way == way);
+        let summary = |way: Way| {
+            let offered: usize = of(way).map(|r| r.offered).sum();
+            let failed: usize = of(way).map(|r| r.failed).sum();
+            let kept = of(way).filter(|r| r.session_kept).count();
+            let failing = stats::mean(
+                &of(way)
+                    .map(|r| r.failing_for.as_secs_f64() * 1e3)
+                    .collect::<Vec<_>>(),
+            );
+            let failing = if failed == 0 {
+                String::new()
+            } else {
+                format!(", failing for {failing:.0} ms a time")
+            };
+            format!(
+                "{failed} of {offered} failed{failing}, session kept {kept} of {} times",
+                of(way).count()
+            )
+        };
+        let steered = stats::sorted(
+            of(Way::Restart)
+                .filter_map(|r| r.listen_to_first)
+                .map(|d| d.as_secs_f64() * 1e3)
+                .collect(),
+        );
+        let restart_clean = of(Way::Restart).all(|r| r.failed == 0 && r.session_kept);
+        rows.push(Row {
+            measurement: format!(
+                "9. a server replaced on one host, {} new connections/s offered throughout and \
+                 a live session held across it for {:.0} s ({} times each way)",
+                replacement::RATE,
+                plan.session.as_secs_f64(),
+                plan.replacements
+            ),
+            result: format!(
+                "drainer's restart: **{}**; the new generation's first connection {} after it \
+                 listened. Stop-and-start: {}. Drain, then start: {}",
+                summary(Way::Restart),
+                match steered.as_slice() {
+                    [] => "never seen".to_owned(),
+                    [only] => format!("{only:.1} ms"),
+                    _ => format!(
+                        "median {:.1} ms, max {:.1} ms",
+                        stats::quantile(&steered, 0.5),
+                        steered[steered.len() - 1]
+                    ),
+                },
+                summary(Way::StopAndStart),
+                summary(Way::DrainThenStart),
+            ),
+            goal: "drainer's restart: 0 failed, every session kept".into(),
+            verdict: Verdict::of(restart_clean),
+            bar: None,
         });
     }
 

@@ -16,10 +16,12 @@ use nix::sys::signal::{SigHandler, Signal, kill, signal};
 
 use crate::clock::monotonic_ns;
 
-/// Connection-rate server: per connection, read a 16-byte request, answer 16 bytes, close.
-/// `workers` threads accept on the one listener.
+/// Connection-rate server: per connection, read a 16-byte request, answer 16 bytes (its pid,
+/// padded: which server answered, when one replaces another), close. `workers` threads accept on
+/// the one listener.
 pub fn serve_requests(addr: SocketAddr, workers: usize) -> Result<()> {
     let listener = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+    let answer = format!("{:<16}", std::process::id());
     println!("listening");
     thread::scope(|scope| {
         for _ in 0..workers {
@@ -27,7 +29,7 @@ pub fn serve_requests(addr: SocketAddr, workers: usize) -> Result<()> {
                 let mut request = [0u8; 16];
                 while let Ok((mut stream, _)) = listener.accept() {
                     if stream.read_exact(&mut request).is_ok() {
-                        let _ = stream.write_all(b"0123456789abcdef");
+                        let _ = stream.write_all(answer.as_bytes());
                     }
                 }
             });
