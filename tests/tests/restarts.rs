@@ -21,7 +21,7 @@ use drainer_harness::{
     drainer::{drainer_command, drainer_run},
     netns::TestNetns,
     process::Process,
-    python, require_program, require_root, script,
+    python, require_bpf_fs, require_program, require_root, script,
     servers::live_app_command,
     tempdir::{SYSTEM_PYTHON, TempDir},
 };
@@ -412,6 +412,46 @@ fn a_replaced_generation_cut_by_the_deadline_names_its_own_stragglers() {
     drainer.wait_for("restart done, generation 2 serves", Duration::from_secs(10));
     assert!(!alive(held.pid));
     assert!(alive(serving.pid));
+}
+
+/// drainer fails open with a restarted server too. Killed while the serving generation listens off
+/// the public port, it leaves steering attached (pinned), so that server keeps getting the public
+/// port's new connections; the next drainer for the port detaches what was left.
+#[test]
+fn a_drainer_killed_while_steering_leaves_the_server_its_new_connections() {
+    require_root();
+    require_bpf_fs();
+    let netns = TestNetns::create();
+    let mut drainer = start(&netns, &[], &generation_server());
+    restart(&drainer, 2);
+    drainer.wait_for("restart done, generation 2 serves", Duration::from_secs(10));
+    let mut serving = connect(&netns);
+    assert_ne!(
+        serving.listener, PORT,
+        "generation 2 was given the public port"
+    );
+
+    drainer.signal(Signal::SIGKILL);
+    drainer.wait(Duration::from_secs(10));
+    for _ in 0..20 {
+        let mut greeted = connect(&netns);
+        assert_eq!(greeted.pid, serving.pid, "a new connection went elsewhere");
+        echo(&mut greeted.stream, b"served without drainer").unwrap();
+    }
+
+    let next = start(&netns, &[], &generation_server());
+    next.wait_for(
+        "detached the steering a drainer that died left",
+        Duration::from_secs(5),
+    );
+    let fresh = connect(&netns);
+    assert_ne!(
+        fresh.pid, serving.pid,
+        "the steering left behind still steers"
+    );
+    assert_eq!(fresh.listener, PORT);
+    // The server left unguarded keeps the connections it has.
+    echo(&mut serving.stream, b"still served").unwrap();
 }
 
 /// The pid in the app's `GET /health` answer, on a new connection to 127.0.0.1:`port`.

@@ -25,6 +25,7 @@
 //! | `unix_sockets` | the unix sockets: the abstract names in a namespace and their owners, for `claim` |
 //! | `layout` | struct offsets from the running kernel's BTF |
 //! | `listeners` | the listening sockets a generation of a restarted server holds, as descriptors |
+//! | `pins` | steering that outlives drainer: its pin on the BPF file system, and those a dead drainer left |
 //! | `seeded_table` | sizing the table of connections found at a drain's start |
 //! | `features` | the kernel features the programs need, and since when |
 //! | `idleness` | which live connections are idle, for drains that release on idleness |
@@ -35,6 +36,7 @@ mod idleness;
 mod layout;
 mod listeners;
 mod netns;
+mod pins;
 mod programs;
 mod seeded_table;
 mod sock_diag;
@@ -44,7 +46,7 @@ mod unix_sockets;
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 use aya_log::EbpfLogger;
-use tracing::info;
+use tracing::{info, warn};
 
 use self::{claim::PortClaims, counts::Counter, programs::Programs};
 pub use self::{
@@ -91,6 +93,15 @@ impl Kernel {
     /// Claims the ports and loads the programs, attaching none.
     pub fn load(target: &Target<'_>) -> Result<Self> {
         let claims = claim::claim(target.ports, target.netns)?;
+        // Claimed: no drainer alive guards these ports, so any steering pinned for them was left
+        // by one that died.
+        for path in pins::detach_left_behind(target.netns.cookie()?, target.ports)? {
+            warn!(
+                "detached the steering a drainer that died left at {}: new connections to the \
+                 port(s) find their listener the usual way",
+                path.display()
+            );
+        }
         let programs = Programs::load(target)?;
         // Opened inside the guarded namespace: the socket table lists that namespace's sockets.
         let table = target.netns.run_inside(SocketTable::open)?;
@@ -223,6 +234,12 @@ impl Kernel {
             Some(listeners) => self.programs.steer(port, listeners),
             None => self.programs.stop_steering(),
         }
+    }
+
+    /// New connections find their listener the usual way again: the serving generation that
+    /// steering brought them to has exited.
+    pub fn stop_steering(&mut self) -> Result<()> {
+        self.programs.stop_steering()
     }
 
     /// A restart given up before its switch: the serving generation's listeners (`replaced`)

@@ -2,8 +2,10 @@
 //! the order that leaves no connection uncounted, the connections that already exist seeded —
 //! or a restart does, and its maps read or flipped.
 //!
-//! Nothing is pinned: every program hangs off a link owned by this process, so when drainer exits
-//! or dies the kernel detaches them and the ports behave as if drainer had never run.
+//! Every program hangs off a link owned by this process, so when drainer exits or dies the kernel
+//! detaches it and the ports behave as if drainer had never run; all but steering, which is
+//! pinned so that a restarted server listening off its public port keeps its new connections
+//! (`kernel::pins`).
 use std::{
     collections::HashSet,
     fs::File,
@@ -23,7 +25,10 @@ use aya::{
         SkStorage, SockMap,
     },
     programs::{
-        BtfTracePoint, Iter, SkLookup, sk_lookup::SkLookupLinkId, tp_btf::BtfTracePointLinkId,
+        BtfTracePoint, Iter, SkLookup,
+        links::{FdLink, PinnedLink},
+        sk_lookup::SkLookupLinkId,
+        tp_btf::BtfTracePointLinkId,
     },
 };
 use aya_log::EbpfLogger;
@@ -38,6 +43,7 @@ use super::{
     layout::KernelLayout,
     listeners::Listener,
     netns::Netns,
+    pins::{self, SteeringPin},
     seeded_table::{self, SeededTable},
 };
 
@@ -119,6 +125,12 @@ fn read_from_start(file: &File) -> std::io::Result<String> {
     String::from_utf8(text).map_err(|err| std::io::Error::new(ErrorKind::InvalidData, err))
 }
 
+/// The steering link, held until steering ends. Pinned, it outlives drainer; see `kernel::pins`.
+enum Steering {
+    Pinned(PinnedLink),
+    Unpinned(FdLink),
+}
+
 /// The loaded programs and their maps; attached only while a drain runs.
 pub(super) struct Programs {
     ebpf: Ebpf,
@@ -136,7 +148,8 @@ pub(super) struct Programs {
     /// While a restart waits for its next generation to listen.
     listen_watch: Option<BtfTracePointLinkId>,
     /// While the serving generation listens on a port other than the public one.
-    steering: Option<SkLookupLinkId>,
+    steering: Option<Steering>,
+    netns_cookie: u64,
     /// The tracking under way was started by a restart, to follow its generations.
     restart_tracking: bool,
     /// A drain has started (and not been resumed): the tracking is the drain's too.
@@ -188,6 +201,7 @@ impl Programs {
             refusal: None,
             listen_watch: None,
             steering: None,
+            netns_cookie,
             restart_tracking: false,
             draining: false,
             seeded: None,
@@ -504,27 +518,43 @@ impl Programs {
             }
         }
         if self.steering.is_none() {
-            let description = self.netns.path().display().to_string();
-            let program: &mut SkLookup = self
-                .ebpf
-                .program_mut("steer_to_next_generation")
-                .context("the eBPF object has no program steer_to_next_generation")?
-                .try_into()?;
-            self.steering = Some(program.attach(&self.netns).with_context(|| {
-                format!("attaching sk_lookup steering to network namespace {description}")
-            })?);
+            self.steering = Some(self.attach_steering(port)?);
         }
         Ok(())
     }
 
-    /// New connections find their listener the usual way again.
+    /// Attaches steering, pinned when it can be: see `kernel::pins`.
+    fn attach_steering(&mut self, port: u16) -> Result<Steering> {
+        let pin = SteeringPin::place(self.netns_cookie, &self.ports)?;
+        let description = self.netns.path().display().to_string();
+        let program: &mut SkLookup = self
+            .ebpf
+            .program_mut("steer_to_next_generation")
+            .context("the eBPF object has no program steer_to_next_generation")?
+            .try_into()?;
+        let link_id = program.attach(&self.netns).with_context(|| {
+            format!("attaching sk_lookup steering to network namespace {description}")
+        })?;
+        let link = FdLink::from(program.take_link(link_id)?);
+        match pin {
+            Some(pin) => Ok(Steering::Pinned(pin.pin(link)?)),
+            None => {
+                pins::warn_unpinned(port);
+                Ok(Steering::Unpinned(link))
+            }
+        }
+    }
+
+    /// New connections find their listener the usual way again: steering is detached, and its
+    /// pin removed, before this returns.
     pub(super) fn stop_steering(&mut self) -> Result<()> {
-        if let Some(link) = self.steering.take() {
-            let program: &mut SkLookup =
-                self.program_mut("steer_to_next_generation")?.try_into()?;
-            program
-                .detach(link)
-                .context("detaching sk_lookup steering")?;
+        match self.steering.take() {
+            Some(Steering::Pinned(link)) => {
+                let link = link.unpin().context("unpinning sk_lookup steering")?;
+                drop(link);
+            }
+            Some(Steering::Unpinned(link)) => drop(link),
+            None => {}
         }
         self.clear_steering()
     }

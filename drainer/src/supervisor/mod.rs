@@ -261,6 +261,9 @@ impl Supervisor {
                     Vec::new()
                 }
                 Input::Mode(ChildInput::Exited(status)) => {
+                    // Steering brought new connections to it: they find their listener the
+                    // usual way again.
+                    engine.kernel_mut().stop_steering()?;
                     if let Some(restart) = &self.restart {
                         warn!(
                             "generation {} of the server exited while generation {} (pid {}) \

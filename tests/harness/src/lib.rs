@@ -51,6 +51,23 @@ pub fn require_root() {
     );
 }
 
+/// Mounts the BPF file system at /sys/fs/bpf unless one is there, as systemd does at boot: drainer
+/// pins the steering that must outlive it there.
+pub fn require_bpf_fs() {
+    let mounted = nix::sys::statfs::statfs("/sys/fs/bpf")
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC);
+    if !mounted {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mount -t bpf bpf /sys/fs/bpf failed: {status}"
+        );
+    }
+}
+
 /// Fails the test unless `program` is on PATH, naming the Debian `package` that has it (`./x test`
 /// installs it).
 pub fn require_program(program: &str, package: &str) {

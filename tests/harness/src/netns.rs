@@ -159,9 +159,50 @@ impl Drop for TestNetns {
                 }
             }
         }
+        self.remove_steering_pins();
         let _ = Command::new("ip")
             .args(["netns", "delete", &self.name])
             .status();
+    }
+}
+
+impl TestNetns {
+    /// Steering a killed drainer left pinned for this namespace (drainer fails open): the
+    /// namespace goes, and its pins with it.
+    fn remove_steering_pins(&self) {
+        let Ok(Ok(cookie)) = std::panic::catch_unwind(|| {
+            self.run(|| {
+                let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+                let mut cookie = 0u64;
+                let mut len = size_of::<u64>() as libc::socklen_t;
+                // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+                let read = unsafe {
+                    libc::getsockopt(
+                        socket.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_NETNS_COOKIE,
+                        (&raw mut cookie).cast(),
+                        &mut len,
+                    )
+                };
+                if read == 0 {
+                    Ok(cookie)
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            })
+        }) else {
+            return;
+        };
+        let prefix = format!("steering-{cookie}-");
+        let Ok(pins) = std::fs::read_dir("/sys/fs/bpf/drainer") else {
+            return;
+        };
+        for pin in pins.flatten() {
+            if pin.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(pin.path());
+            }
+        }
     }
 }
 
