@@ -10,7 +10,7 @@
 //! Only the replaced generation's listeners are marked, so the new generation's connections
 //! cost no storage, and the old one's only while its listeners still complete handshakes.
 //!
-//! The same restart watches for the new generation's `listen()`: [`LISTEN_WATCH`] names the port
+//! The same restart watches for the new generation's `listen()`: [`LISTEN_WATCH`] names the ports
 //! it was given, and the tracepoint announces a socket of the guarded namespace entering
 //! TCP_LISTEN on it, so userspace learns at once that the new generation is ready.
 use aya_ebpf::{
@@ -19,6 +19,7 @@ use aya_ebpf::{
     macros::{btf_map, map},
     maps::Array,
 };
+use drainer_common::MAX_PORTS;
 
 use crate::sock::Socket;
 
@@ -47,10 +48,10 @@ pub static LISTENER_TAGS: ListenerTags = ListenerTags {
     map_flags: core::ptr::null(),
 };
 
-/// Element 0: the port the next generation was told to listen on, 0 when no restart waits for
-/// one; written by userspace.
+/// The ports the next generation was told to listen on, one per guarded port's slot, in slot
+/// order; all 0 when no restart waits for one. Written by userspace.
 #[map]
-pub static LISTEN_WATCH: Array<u32> = Array::with_max_entries(1, 0);
+pub static LISTEN_WATCH: Array<u32> = Array::with_max_entries(MAX_PORTS, 0);
 
 /// Whether the connection came through a listener of the generation being replaced, since its
 /// listeners were marked.
@@ -68,9 +69,15 @@ pub fn from_replaced_listener(sk: Socket) -> bool {
     !tag.is_null()
 }
 
-/// Whether `port` is the one the next generation of a restart was told to listen on.
+/// Whether `port` is one the next generation of a restart was told to listen on. Asked only when
+/// a socket begins listening, so the walk costs nothing per connection.
 pub fn watched_listen_port(port: u16) -> bool {
-    LISTEN_WATCH
-        .get(0)
-        .is_some_and(|watched| *watched != 0 && *watched == u32::from(port))
+    for slot in 0..MAX_PORTS {
+        match LISTEN_WATCH.get(slot) {
+            Some(&watched) if watched == u32::from(port) && watched != 0 => return true,
+            Some(&watched) if watched != 0 => {}
+            _ => return false,
+        }
+    }
+    false
 }

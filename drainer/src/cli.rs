@@ -65,7 +65,8 @@ pub struct RunArgs {
 
     /// Restart the server on this signal without refusing anyone: a new generation of COMMAND
     /// starts with `{port}` in its arguments (and DRAINER_PORT in its environment) set to the
-    /// port, or to a free one while the port is taken; once it listens it takes every new
+    /// first --port, or to a free port while that one is taken; `{port:P}` and DRAINER_PORT_P
+    /// the same for each --port P. Once it listens on all of them it takes every new
     /// connection, and the old generation drains its own as on a stop, then gets SIGTERM.
     #[arg(long, value_name = "SIGNAL", value_parser = parse_restart_signal)]
     pub restart_signal: Option<Signal>,
@@ -127,15 +128,7 @@ impl DrainFlags {
 impl RunArgs {
     /// The checks clap cannot make on one flag alone.
     pub fn check(&self) -> Result<(), String> {
-        self.drain.check()?;
-        if self.restart_signal.is_some() && self.ports.len() > 1 {
-            return Err(format!(
-                "--restart-signal restarts a server of one --port, and {} are given: run one \
-                 drainer per port",
-                self.ports.len()
-            ));
-        }
-        Ok(())
+        self.drain.check()
     }
 }
 

@@ -257,7 +257,7 @@ fn a_next_generation_that_binds_the_public_port_itself_is_reported_and_the_old_o
     let line = drainer.wait_for("generation 2 exited with", Duration::from_secs(20));
     assert!(
         line.text
-            .contains("a server that binds port 8000 itself rather than {port} finds it taken"),
+            .contains("a server that binds port(s) 8000 itself rather than the port it was given finds them taken"),
         "{}",
         line.text
     );
@@ -454,6 +454,78 @@ fn a_drainer_killed_while_steering_leaves_the_server_its_new_connections() {
     echo(&mut serving.stream, b"still served").unwrap();
 }
 
+/// A server of several ports: each guarded port gets a port of the generation's own, named in
+/// its arguments by `{port:P}`, and is steered to that generation's listener on it; the next
+/// restart finds them all free again and steers nothing.
+#[test]
+fn a_server_of_several_ports_is_restarted_on_all_of_them() {
+    require_root();
+    require_program("bpftool", "bpftool");
+    const SECOND: u16 = 8001;
+    let netns = TestNetns::create();
+    let mut server = generation_server();
+    server.push("{port:8001}".into());
+    let mut drainer = drainer_run(
+        &netns,
+        &[
+            "--port",
+            "8000",
+            "--port",
+            "8001",
+            "--restart-signal",
+            "SIGHUP",
+        ],
+        &server,
+    );
+    drainer.wait_for("listening", Duration::from_secs(20));
+    let mut held = [connect(&netns), connect_to(&netns, loopback(SECOND))];
+    assert_eq!(
+        held.iter().map(|g| g.listener).collect::<Vec<_>>(),
+        [PORT, SECOND]
+    );
+
+    drainer.signal(Signal::SIGHUP);
+    drainer.wait_for_nth("go to generation 2 on port", 2, Duration::from_secs(20));
+    for public in [PORT, SECOND] {
+        let greeted = connect_to(&netns, loopback(public));
+        assert_ne!(
+            greeted.pid, held[0].pid,
+            "port {public} went to generation 1"
+        );
+        assert!(
+            greeted.listener != PORT && greeted.listener != SECOND,
+            "generation 2 was given a guarded port: {}",
+            greeted.listener
+        );
+        assert_eq!(greeted.local, public);
+    }
+    assert_ne!(
+        connect(&netns).listener,
+        connect_to(&netns, loopback(SECOND)).listener,
+        "both ports were steered to one listener"
+    );
+    for greeted in &mut held {
+        echo(&mut greeted.stream, b"after the restart").unwrap();
+    }
+    drainer.wait_for("generation 1: 2 live", Duration::from_secs(5));
+    drop(held);
+    drainer.wait_for("restart done, generation 2 serves", Duration::from_secs(10));
+
+    restart(&drainer, 3);
+    drainer.wait_for("restart done, generation 3 serves", Duration::from_secs(10));
+    for public in [PORT, SECOND] {
+        assert_eq!(connect_to(&netns, loopback(public)).listener, public);
+    }
+    assert_eq!(
+        attached(&drainer),
+        [],
+        "steering stayed with the server on its ports"
+    );
+    drainer.signal(Signal::SIGTERM);
+    drainer.wait_for("drained", Duration::from_secs(10));
+    drainer.wait(Duration::from_secs(10));
+}
+
 /// The pid in the app's `GET /health` answer, on a new connection to 127.0.0.1:`port`.
 fn health_pid(netns: &TestNetns, port: u16) -> i64 {
     let (code, body) = http_request(
@@ -542,7 +614,12 @@ fn a_dual_stack_server_gets_both_families_after_a_restart() {
     assert_eq!(old4.pid, old6.pid);
 
     restart(&drainer, 2);
-    drainer.wait_for("holds 1 listener(s): IPv6 and IPv4", Duration::from_secs(5));
+    drainer.wait_for("holds 1 listener(s) on port", Duration::from_secs(5));
+    assert!(
+        drainer.output().contains(": IPv6 and IPv4"),
+        "{}",
+        drainer.output()
+    );
     let (new4, new6) = (connect(&netns), connect_to(&netns, ipv6));
     for new in [&new4, &new6] {
         assert_ne!(new.pid, old4.pid, "a new connection went to generation 1");

@@ -215,9 +215,9 @@ impl Kernel {
     /// A restart begins, before its next generation starts: the serving generation's listeners
     /// (`replaced`) are marked, and from now on its connections — those that exist, those its
     /// listeners hand over later — are counted apart ([`Counts::replaced`]); the next
-    /// generation's listener on `watched` port will be announced through the ring buffer. Done
-    /// before the next generation runs, so its `listen()` is followed at once by the switch.
-    pub fn begin_restart(&mut self, replaced: &[Listener], watched: u16) -> Result<()> {
+    /// generation's listeners on the `watched` ports will be announced through the ring buffer.
+    /// Done before the next generation runs, so its `listen()` is followed at once by the switch.
+    pub fn begin_restart(&mut self, replaced: &[Listener], watched: &[u16]) -> Result<()> {
         let _raised = capabilities::raise(&self.privileges)?;
         self.programs.mark_replaced(replaced)?;
         self.counter.restart();
@@ -225,15 +225,13 @@ impl Kernel {
         self.programs.watch_listeners(watched)
     }
 
-    /// The restart's switch: new connections for `port` handed to the next generation's
-    /// listeners, or left to the usual lookup when it listens on `port` itself.
-    pub fn switch_generations(&mut self, port: u16, next: Option<&[Listener]>) -> Result<()> {
+    /// The restart's switch: new connections for each guarded port handed to the next
+    /// generation's listeners given for it, or left to the usual lookup for a port given none
+    /// (the next generation listens on it itself).
+    pub fn switch_generations(&mut self, targets: &[(u16, Option<&[Listener]>)]) -> Result<()> {
         let _raised = capabilities::raise(&self.privileges)?;
         self.programs.stop_watching_listeners()?;
-        match next {
-            Some(listeners) => self.programs.steer(port, listeners),
-            None => self.programs.stop_steering(),
-        }
+        self.programs.steer(targets)
     }
 
     /// New connections find their listener the usual way again: the serving generation that

@@ -460,14 +460,16 @@ impl Programs {
         Ok(())
     }
 
-    /// Announces each socket of the namespace that begins listening on `port`, until
+    /// Announces each socket of the namespace that begins listening on one of `ports`, until
     /// [`Programs::stop_watching_listeners`].
-    pub(super) fn watch_listeners(&mut self, port: u16) -> Result<()> {
+    pub(super) fn watch_listeners(&mut self, ports: &[u16]) -> Result<()> {
         let mut watch: Array<_, u32> =
             Array::try_from(self.map_mut("LISTEN_WATCH")?).context("LISTEN_WATCH map")?;
-        watch
-            .set(0, &u32::from(port), 0)
-            .context("setting LISTEN_WATCH")?;
+        for (slot, port) in ports.iter().enumerate() {
+            watch
+                .set(slot as u32, &u32::from(*port), 0)
+                .context("setting LISTEN_WATCH")?;
+        }
         if self.listen_watch.is_none() {
             let program: &mut BtfTracePoint = self.program_mut("watch_for_listener")?.try_into()?;
             self.listen_watch = Some(
@@ -486,39 +488,54 @@ impl Programs {
                 .detach(link)
                 .context("detaching the listener watch")?;
         }
+        let slots = self.ports.len() as u32;
         let mut watch: Array<_, u32> =
             Array::try_from(self.map_mut("LISTEN_WATCH")?).context("LISTEN_WATCH map")?;
-        watch.set(0, &0, 0).context("clearing LISTEN_WATCH")
+        for slot in 0..slots {
+            watch.set(slot, &0, 0).context("clearing LISTEN_WATCH")?;
+        }
+        Ok(())
     }
 
-    /// From now on every new connection for the guarded port `port` goes to `listeners`: IPv4
-    /// ones to an IPv4 listener or else a dual-stack one, IPv6 ones to an IPv6 listener.
-    pub(super) fn steer(&mut self, port: u16, listeners: &[Listener]) -> Result<()> {
-        let slot = self
-            .ports
-            .iter()
-            .position(|&p| p == port)
-            .with_context(|| format!("port {port} is not guarded"))? as u32;
-        let ipv4 = listeners
-            .iter()
-            .find(|l| !l.ipv6)
-            .or_else(|| listeners.iter().find(|l| l.dual_stack));
-        let ipv6 = listeners.iter().find(|l| l.ipv6);
+    /// From now on every new connection for each guarded port goes to the listeners given for it:
+    /// IPv4 ones to an IPv4 listener or else a dual-stack one, IPv6 ones to an IPv6 listener. A
+    /// port given none finds its listener the usual way. Steering is attached while any port is
+    /// steered, and detached once none is.
+    pub(super) fn steer(&mut self, targets: &[(u16, Option<&[Listener]>)]) -> Result<()> {
+        let guarded = self.ports.clone();
         let mut steer_to: SockMap<_> =
             SockMap::try_from(self.map_mut("STEER_TO")?).context("STEER_TO map")?;
-        for (ipv6_entry, listener) in [(false, ipv4), (true, ipv6)] {
-            let entry = steer_entry(slot, ipv6_entry);
-            match listener {
-                Some(listener) => steer_to
-                    .set(entry, &listener.fd, 0)
-                    .context("handing new connections to the serving generation's listener")?,
-                None => {
-                    let _ = steer_to.clear_index(&entry);
+        for &(port, listeners) in targets {
+            let slot = guarded
+                .iter()
+                .position(|&p| p == port)
+                .with_context(|| format!("port {port} is not guarded"))?
+                as u32;
+            let listeners = listeners.unwrap_or_default();
+            let ipv4 = listeners
+                .iter()
+                .find(|l| !l.ipv6)
+                .or_else(|| listeners.iter().find(|l| l.dual_stack));
+            let ipv6 = listeners.iter().find(|l| l.ipv6);
+            for (ipv6_entry, listener) in [(false, ipv4), (true, ipv6)] {
+                let entry = steer_entry(slot, ipv6_entry);
+                match listener {
+                    Some(listener) => steer_to
+                        .set(entry, &listener.fd, 0)
+                        .context("handing new connections to the serving generation's listener")?,
+                    None => {
+                        let _ = steer_to.clear_index(&entry);
+                    }
                 }
             }
         }
-        if self.steering.is_none() {
-            self.steering = Some(self.attach_steering(port)?);
+        let steered = targets.iter().find(|(_, listeners)| listeners.is_some());
+        match steered {
+            Some(&(port, _)) if self.steering.is_none() => {
+                self.steering = Some(self.attach_steering(port)?);
+            }
+            None => self.stop_steering()?,
+            Some(_) => {}
         }
         Ok(())
     }

@@ -40,7 +40,7 @@ impl Child {
     pub fn spawn_with(
         argv: &[OsString],
         privileges: &ChildPrivileges,
-        environment: &[(&str, u16)],
+        environment: &[(String, u16)],
     ) -> Result<Self> {
         let Some((program, args)) = argv.split_first() else {
             bail!(

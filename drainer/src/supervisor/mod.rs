@@ -124,11 +124,17 @@ async fn supervise(
     let mut forwarded = forward_signals(restart_signal)?;
 
     let serving = match options.restart {
-        Some(_) => Generation::start(1, &options.command, options.ports[0], &privileges)?,
+        Some(_) => Generation::start(
+            1,
+            &options.command,
+            &options.ports,
+            &options.ports,
+            &privileges,
+        )?,
         None => Generation {
             number: 1,
             child: event_loop_watch(Child::spawn(&options.command, &privileges)?)?,
-            port: options.ports[0],
+            ports: options.ports.clone(),
         },
     };
     // Signalling the server (which may run as another user) is all that is left to do, and
@@ -143,7 +149,7 @@ async fn supervise(
         capabilities::keep(&[CAP_KILL], &held)?;
     }
     let started = match options.restart {
-        Some(_) => restart::with_port(&options.command, options.ports[0]),
+        Some(_) => restart::with_ports(&options.command, &options.ports, &options.ports),
         None => options.command.clone(),
     };
     info!(pid = serving.pid(), "started {}", command_line(&started));
@@ -348,9 +354,9 @@ impl Supervisor {
         ) {
             Ok(restart) => {
                 engine.systemd().reloading(&format!(
-                    "restarting: generation {} starts on port {}",
+                    "restarting: generation {} starts on port(s) {}",
                     restart.other().number,
-                    restart.other().port
+                    restart.other().describe_ports()
                 ));
                 self.restart = Some(restart);
             }

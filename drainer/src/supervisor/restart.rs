@@ -33,9 +33,11 @@ use crate::{
     system::capabilities,
 };
 
-/// Where `{port}` stands in the command's arguments.
+/// Where a generation's port stands in the command's arguments: `{port}` for the first guarded
+/// port's, `{port:P}` for guarded port P's.
 const PORT_PLACEHOLDER: &str = "{port}";
-/// The environment variable holding a generation's port, for servers that read it from there.
+/// The environment variable holding a generation's port for the first guarded port, for servers
+/// that read it from there; `DRAINER_PORT_P` holds guarded port P's.
 pub const PORT_VARIABLE: &str = "DRAINER_PORT";
 /// A listener announced by the kernel may not be in the socket table yet (`listen()` announces
 /// itself just before it joins the listening table): look again after this, doubling, a few
@@ -64,28 +66,29 @@ pub struct ReplacedDrain {
 pub struct Generation {
     pub number: u32,
     pub child: AsyncFd<Child>,
-    /// The port it was given for the public port.
-    pub port: u16,
+    /// The port it was given for each guarded port, in the same order.
+    pub ports: Vec<u16>,
 }
 
 impl Generation {
-    /// Starts generation `number` of `command` with `port` for `{port}`.
+    /// Starts generation `number` of `command`, given `ports` for the guarded ports `public`.
     pub fn start(
         number: u32,
         command: &[OsString],
-        port: u16,
+        public: &[u16],
+        ports: &[u16],
         privileges: &ChildPrivileges,
     ) -> Result<Self> {
         let _raised = capabilities::raise(&privileges.needed())?;
         let child = Child::spawn_with(
-            &with_port(command, port),
+            &with_ports(command, public, ports),
             privileges,
-            &[(PORT_VARIABLE, port)],
+            &port_variables(public, ports),
         )?;
         Ok(Self {
             number,
             child: watch(child).context("watching the command's pidfd")?,
-            port,
+            ports: ports.to_vec(),
         })
     }
 
@@ -96,18 +99,48 @@ impl Generation {
     pub fn child(&self) -> &Child {
         self.child.get_ref()
     }
+
+    /// Its ports, as the log shows them.
+    pub fn describe_ports(&self) -> String {
+        describe(&self.ports)
+    }
 }
 
-/// `command` with every `{port}` in its arguments replaced by `port`.
-pub fn with_port(command: &[OsString], port: u16) -> Vec<OsString> {
+fn describe(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `command` with every `{port}` in its arguments replaced by the port given for the first of
+/// the guarded ports `public`, and every `{port:P}` by the port given for P.
+pub fn with_ports(command: &[OsString], public: &[u16], ports: &[u16]) -> Vec<OsString> {
     command
         .iter()
         .map(|arg| match arg.to_str() {
-            Some(text) if text.contains(PORT_PLACEHOLDER) => {
-                text.replace(PORT_PLACEHOLDER, &port.to_string()).into()
+            Some(text) if text.contains('{') => {
+                let mut text = text.replace(PORT_PLACEHOLDER, &ports[0].to_string());
+                for (public, port) in public.iter().zip(ports) {
+                    text = text.replace(&format!("{{port:{public}}}"), &port.to_string());
+                }
+                text.into()
             }
             _ => arg.clone(),
         })
+        .collect()
+}
+
+/// `DRAINER_PORT` for the first guarded port, `DRAINER_PORT_P` for each guarded port P.
+fn port_variables(public: &[u16], ports: &[u16]) -> Vec<(String, u16)> {
+    std::iter::once((PORT_VARIABLE.to_owned(), ports[0]))
+        .chain(
+            public
+                .iter()
+                .zip(ports)
+                .map(|(public, port)| (format!("{PORT_VARIABLE}_{public}"), *port)),
+        )
         .collect()
 }
 
@@ -138,8 +171,8 @@ pub enum Restart {
 }
 
 impl Restart {
-    /// Starts the next generation, on the public port when nothing listens there, on a free port
-    /// otherwise, and watches for it to listen.
+    /// Starts the next generation, given for each guarded port that port itself when nothing
+    /// listens there, a free port otherwise, and watches for it to listen.
     pub fn begin(
         kernel: &mut Kernel,
         serving: &Generation,
@@ -147,20 +180,39 @@ impl Restart {
         privileges: &ChildPrivileges,
         options: RestartOptions,
     ) -> Result<Self> {
-        let public = kernel.ports()[0];
-        let port = if kernel.listening(public)? {
-            free_port().context("choosing a port for the next generation")?
-        } else {
-            public
-        };
-        let replaced_listeners = kernel
-            .listeners(serving.pid(), serving.port)
-            .context("finding the serving generation's listeners")?;
-        if let Err(err) = kernel.begin_restart(&replaced_listeners, port) {
+        let public = kernel.ports().to_vec();
+        let taken: Vec<bool> = public
+            .iter()
+            .map(|&port| kernel.listening(port))
+            .collect::<Result<_>>()?;
+        let mut free = free_ports(taken.iter().filter(|&&t| t).count())
+            .context("choosing ports for the next generation")?
+            .into_iter();
+        let ports: Vec<u16> = public
+            .iter()
+            .zip(&taken)
+            .map(|(&port, &taken)| {
+                if taken {
+                    free.next().unwrap_or(port)
+                } else {
+                    port
+                }
+            })
+            .collect();
+        let mut replaced_listeners = Vec::new();
+        for &port in &serving.ports {
+            replaced_listeners.extend(
+                kernel
+                    .listeners(serving.pid(), port)
+                    .context("finding the serving generation's listeners")?,
+            );
+        }
+        if let Err(err) = kernel.begin_restart(&replaced_listeners, &ports) {
             kernel.abandon_restart(&replaced_listeners)?;
             return Err(err);
         }
-        let next = match Generation::start(serving.number + 1, command, port, privileges) {
+        let next = match Generation::start(serving.number + 1, command, &public, &ports, privileges)
+        {
             Ok(next) => next,
             Err(err) => {
                 kernel.abandon_restart(&replaced_listeners)?;
@@ -169,8 +221,9 @@ impl Restart {
         };
         info!(
             pid = next.pid(),
-            "restart: generation {} started on port {port}; generation {} serves until it listens",
+            "restart: generation {} started on port(s) {}; generation {} serves until it listens",
             next.number,
+            next.describe_ports(),
             serving.number
         );
         let now = Instant::now();
@@ -243,16 +296,31 @@ impl Restart {
         else {
             return Ok(Some(self));
         };
-        let listeners = kernel.listeners(next.pid(), next.port)?;
-        if listeners.is_empty() {
+        let listeners: Vec<Vec<Listener>> = next
+            .ports
+            .iter()
+            .map(|&port| kernel.listeners(next.pid(), port))
+            .collect::<Result<_>>()?;
+        let missing: Vec<u16> = next
+            .ports
+            .iter()
+            .zip(&listeners)
+            .filter(|(_, held)| held.is_empty())
+            .map(|(&port, _)| port)
+            .collect();
+        if !missing.is_empty() {
             let retry = (looks < LISTENER_RETRIES)
                 .then(|| (Instant::now() + LISTENER_RETRY * 2u32.pow(looks), looks + 1));
             if retry.is_none() {
-                warn!(
-                    "restart: a socket listens on port {}, but generation {} holds none: waiting \
-                     for one of its own",
-                    next.port, next.number
-                );
+                for &port in &missing {
+                    if kernel.listening(port)? {
+                        warn!(
+                            "restart: a socket listens on port {port}, but generation {} holds \
+                             none: waiting for one of its own",
+                            next.number
+                        );
+                    }
+                }
             }
             return Ok(Some(Self::Starting {
                 next,
@@ -263,9 +331,9 @@ impl Restart {
             }));
         }
         info!(
-            "restart: generation {} listening on port {} after {:.3} s",
+            "restart: generation {} listening on port(s) {} after {:.3} s",
             next.number,
-            next.port,
+            next.describe_ports(),
             started.elapsed().as_secs_f64()
         );
         match switch(kernel, serving, next, &listeners, replaced_drain) {
@@ -358,9 +426,11 @@ impl Restart {
                 if now >= *deadline {
                     let status = give_up(kernel, next, replaced_listeners)?;
                     warn!(
-                        "restart: generation {} did not listen on port {} within the ready \
+                        "restart: generation {} did not listen on port(s) {} within the ready \
                          timeout: stopped ({status}); generation {} serves on",
-                        next.number, next.port, serving.number
+                        next.number,
+                        next.describe_ports(),
+                        serving.number
                     );
                     return Ok(None);
                 }
@@ -401,19 +471,28 @@ impl Restart {
                 replaced_listeners,
                 ..
             } => {
-                let public = kernel.ports()[0];
-                let hint = if next.port == public {
+                let moved: Vec<u16> = kernel
+                    .ports()
+                    .iter()
+                    .zip(&next.ports)
+                    .filter(|(public, port)| public != port)
+                    .map(|(&public, _)| public)
+                    .collect();
+                let hint = if moved.is_empty() {
                     String::new()
                 } else {
                     format!(
-                        " (a server that binds port {public} itself rather than {{port}} finds it \
-                         taken)"
+                        " (a server that binds port(s) {} itself rather than the port it was \
+                         given finds them taken)",
+                        describe(&moved)
                     )
                 };
                 warn!(
-                    "restart: generation {} exited with {status} before it listened on port {}{hint}; \
-                     generation {} serves on",
-                    next.number, next.port, serving.number
+                    "restart: generation {} exited with {status} before it listened on port(s) \
+                     {}{hint}; generation {} serves on",
+                    next.number,
+                    next.describe_ports(),
+                    serving.number
                 );
                 kernel.abandon_restart(&replaced_listeners)
             }
@@ -466,26 +545,34 @@ fn switch(
     kernel: &mut Kernel,
     serving: &mut Generation,
     next: Generation,
-    listeners: &[Listener],
+    listeners: &[Vec<Listener>],
     replaced_drain: ReplacedDrain,
 ) -> std::result::Result<Restart, (Generation, anyhow::Error)> {
-    let public = kernel.ports()[0];
-    let steer_to = (next.port != public).then_some(listeners);
-    if let Err(err) = kernel.switch_generations(public, steer_to) {
+    let public = kernel.ports().to_vec();
+    let targets: Vec<(u16, Option<&[Listener]>)> = public
+        .iter()
+        .zip(&next.ports)
+        .zip(listeners)
+        .map(|((&public, &port), held)| (public, (port != public).then_some(held.as_slice())))
+        .collect();
+    if let Err(err) = kernel.switch_generations(&targets) {
         return Err((next, err));
     }
-    match steer_to {
-        Some(listeners) => {
-            describe_listeners(next.number, listeners);
-            info!(
-                "restart: new connections for port {public} go to generation {} on port {}",
-                next.number, next.port
-            );
+    for ((public, steer_to), port) in targets.iter().zip(&next.ports) {
+        match steer_to {
+            Some(listeners) => {
+                describe_listeners(next.number, *port, listeners);
+                info!(
+                    "restart: new connections for port {public} go to generation {} on port \
+                     {port}",
+                    next.number
+                );
+            }
+            None => info!(
+                "restart: generation {} listens on port {public} itself: nothing steers there",
+                next.number
+            ),
         }
-        None => info!(
-            "restart: generation {} listens on port {public} itself: nothing steers",
-            next.number
-        ),
     }
     let replaced = std::mem::replace(serving, next);
     let mut drain = Box::new(Drain::new(
@@ -567,7 +654,7 @@ fn carry_out(
     }
 }
 
-fn describe_listeners(generation: u32, listeners: &[Listener]) {
+fn describe_listeners(generation: u32, port: u16, listeners: &[Listener]) {
     let kinds: Vec<&str> = listeners
         .iter()
         .map(|l| match (l.ipv6, l.dual_stack) {
@@ -577,17 +664,26 @@ fn describe_listeners(generation: u32, listeners: &[Listener]) {
         })
         .collect();
     info!(
-        "restart: generation {generation} holds {} listener(s): {}",
+        "restart: generation {generation} holds {} listener(s) on port {port}: {}",
         listeners.len(),
         kinds.join(", ")
     );
 }
 
-/// A port nothing in this network namespace listens on now, of the kernel's choosing.
-fn free_port() -> std::io::Result<u16> {
-    let listener = TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)))
-        .or_else(|_| TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], 0))))?;
-    Ok(listener.local_addr()?.port())
+/// `count` distinct ports nothing in this network namespace listens on now, of the kernel's
+/// choosing.
+fn free_ports(count: usize) -> std::io::Result<Vec<u16>> {
+    // Held until all are chosen, so the kernel cannot give one twice.
+    let listeners = (0..count)
+        .map(|_| {
+            TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)))
+                .or_else(|_| TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], 0))))
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|listener| Ok(listener.local_addr()?.port()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -602,19 +698,35 @@ mod tests {
             "--port",
             "{port}",
             "--bind=127.0.0.1:{port}",
+            "--tls={port:8443}",
+            "{port:9999}",
         ]
         .map(OsString::from)
         .to_vec();
         assert_eq!(
-            with_port(&command, 41234),
+            with_ports(&command, &[8000, 8443], &[41234, 41235]),
             [
                 "uvicorn",
                 "app:app",
                 "--port",
                 "41234",
-                "--bind=127.0.0.1:41234"
+                "--bind=127.0.0.1:41234",
+                "--tls=41235",
+                "{port:9999}",
             ]
             .map(OsString::from)
+        );
+    }
+
+    #[test]
+    fn each_guarded_port_has_a_variable_and_the_first_the_plain_one() {
+        assert_eq!(
+            port_variables(&[8000, 8443], &[41234, 8443]),
+            [
+                ("DRAINER_PORT".to_owned(), 41234),
+                ("DRAINER_PORT_8000".to_owned(), 41234),
+                ("DRAINER_PORT_8443".to_owned(), 8443),
+            ]
         );
     }
 }
