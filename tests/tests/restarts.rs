@@ -335,7 +335,15 @@ fn a_stop_during_a_restart_drains_each_generation_to_its_own_zero_and_exits_with
 fn a_replaced_generation_is_released_once_its_own_connections_are_idle() {
     require_root();
     let netns = TestNetns::create();
-    let drainer = start(&netns, &["--release-when-idle", "1s"], &generation_server());
+    // Ten times the talkers' period, however slow the machine: a busy connection never looks
+    // idle.
+    let idle_for = drainer_harness::patience(Duration::from_secs(1));
+    let idle_for_arg = format!("{}ms", idle_for.as_millis());
+    let drainer = start(
+        &netns,
+        &["--release-when-idle", &idle_for_arg],
+        &generation_server(),
+    );
     let idle = connect(&netns);
     let mut busy = connect(&netns);
     let talk = |stream: &mut TcpStream, until: &AtomicBool| {
@@ -368,8 +376,11 @@ fn a_replaced_generation_is_released_once_its_own_connections_are_idle() {
         // Its connections fall silent; the serving generation's goes on talking.
         quiet_one.store(true, Ordering::Relaxed);
         drainer.wait_for(
-            "generation 1 released (the 2 connection(s) it has left have all been idle for \
-             1.0s or more)",
+            &format!(
+                "generation 1 released (the 2 connection(s) it has left have all been idle for \
+                 {:.1}s or more)",
+                idle_for.as_secs_f64()
+            ),
             Duration::from_secs(10),
         );
         drainer.wait_for("restart done, generation 2 serves", Duration::from_secs(10));
