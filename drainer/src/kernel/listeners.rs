@@ -9,7 +9,7 @@
 //! server) is copied once. Reading another process's descriptors takes the right to ptrace it,
 //! which the caller raises for the search.
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs,
     os::fd::{AsRawFd as _, OwnedFd, RawFd},
 };
@@ -31,18 +31,22 @@ pub struct Listener {
     pub dual_stack: bool,
 }
 
-/// The sockets listening on `port` that the processes of `process_group` hold.
+/// The sockets listening on each of `ports` that the processes of `process_group` hold, in the
+/// order of `ports`: one search of the processes for all of them.
 pub fn of_process_group(
     table: &SocketTable,
     process_group: i32,
-    port: u16,
-) -> Result<Vec<Listener>> {
-    let wanted: HashSet<u64> = table
-        .listener_inodes(port)?
+    ports: &[u16],
+) -> Result<Vec<Vec<Listener>>> {
+    let wanted: HashMap<u64, usize> = table
+        .listener_inodes(ports)?
         .into_iter()
-        .map(u64::from)
+        .filter_map(|(inode, port)| {
+            let index = ports.iter().position(|&p| p == port)?;
+            Some((u64::from(inode), index))
+        })
         .collect();
-    let mut found = Vec::new();
+    let mut found: Vec<Vec<Listener>> = ports.iter().map(|_| Vec::new()).collect();
     let mut copied = HashSet::new();
     if wanted.is_empty() {
         return Ok(found);
@@ -60,7 +64,10 @@ pub fn of_process_group(
             else {
                 continue;
             };
-            if !wanted.contains(&inode) || copied.contains(&inode) {
+            let Some(&index) = wanted.get(&inode) else {
+                continue;
+            };
+            if copied.contains(&inode) {
                 continue;
             }
             let Some(fd) = entry
@@ -78,8 +85,8 @@ pub fn of_process_group(
             };
             let copy = process
                 .copy_fd(fd)
-                .with_context(|| format!("taking hold of the listener on port {port}"))?;
-            found.push(describe(copy)?);
+                .with_context(|| format!("taking hold of the listener on port {}", ports[index]))?;
+            found[index].push(describe(copy)?);
             copied.insert(inode);
         }
     }

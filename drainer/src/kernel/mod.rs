@@ -197,19 +197,25 @@ impl Kernel {
         self.programs.start_tracking(false)
     }
 
-    /// Whether a socket of the namespace listens on `port`.
-    pub fn listening(&self, port: u16) -> Result<bool> {
-        Ok(!self.counter.table().listener_inodes(port)?.is_empty())
+    /// For each of `ports`, whether a socket of the namespace listens on it: one look at the
+    /// socket table for all.
+    pub fn listening(&self, ports: &[u16]) -> Result<Vec<bool>> {
+        let listeners = self.counter.table().listener_inodes(ports)?;
+        Ok(ports
+            .iter()
+            .map(|port| listeners.iter().any(|(_, p)| p == port))
+            .collect())
     }
 
     /// What [`Kernel::listeners`] needs permitted: reading another user's /proc/PID/fd, and
     /// copying a descriptor from a process drainer may ptrace.
     pub const LISTENER_PRIVILEGES: [Capability; 2] = [CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE];
 
-    /// The sockets listening on `port` that the processes of `process_group` hold.
-    pub fn listeners(&self, process_group: i32, port: u16) -> Result<Vec<Listener>> {
+    /// The sockets listening on each of `ports` that the processes of `process_group` hold, in
+    /// the order of `ports`.
+    pub fn listeners(&self, process_group: i32, ports: &[u16]) -> Result<Vec<Vec<Listener>>> {
         let _raised = capabilities::raise(&Self::LISTENER_PRIVILEGES)?;
-        listeners::of_process_group(self.counter.table(), process_group, port)
+        listeners::of_process_group(self.counter.table(), process_group, ports)
     }
 
     /// A restart begins, before its next generation starts: the serving generation's listeners

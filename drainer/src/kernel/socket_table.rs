@@ -90,8 +90,8 @@ impl SocketTable {
         Ok(owners)
     }
 
-    /// The inode of each socket listening on `port`, of either family.
-    pub fn listener_inodes(&self, port: u16) -> Result<Vec<u32>> {
+    /// The inode of each socket listening on one of `ports`, of either family, with its port.
+    pub fn listener_inodes(&self, ports: &[u16]) -> Result<Vec<(u32, u16)>> {
         let mut inodes = Vec::new();
         let mut buffer = vec![0u8; 16 * 1024];
         for family in [AF_INET, AF_INET6] {
@@ -100,9 +100,9 @@ impl SocketTable {
                 &mut buffer,
                 |payload| {
                     if let Ok(header) = InetResponseHeader::parse(payload)
-                        && header.socket_id.source_port == port
+                        && ports.contains(&header.socket_id.source_port)
                     {
-                        inodes.push(header.inode);
+                        inodes.push((header.inode, header.socket_id.source_port));
                     }
                     Ok(())
                 },

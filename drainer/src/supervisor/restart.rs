@@ -181,10 +181,7 @@ impl Restart {
         options: RestartOptions,
     ) -> Result<Self> {
         let public = kernel.ports().to_vec();
-        let taken: Vec<bool> = public
-            .iter()
-            .map(|&port| kernel.listening(port))
-            .collect::<Result<_>>()?;
+        let taken = kernel.listening(&public)?;
         let mut free = free_ports(taken.iter().filter(|&&t| t).count())
             .context("choosing ports for the next generation")?
             .into_iter();
@@ -199,14 +196,12 @@ impl Restart {
                 }
             })
             .collect();
-        let mut replaced_listeners = Vec::new();
-        for &port in &serving.ports {
-            replaced_listeners.extend(
-                kernel
-                    .listeners(serving.pid(), port)
-                    .context("finding the serving generation's listeners")?,
-            );
-        }
+        let replaced_listeners: Vec<Listener> = kernel
+            .listeners(serving.pid(), &serving.ports)
+            .context("finding the serving generation's listeners")?
+            .into_iter()
+            .flatten()
+            .collect();
         if let Err(err) = kernel.begin_restart(&replaced_listeners, &ports) {
             kernel.abandon_restart(&replaced_listeners)?;
             return Err(err);
@@ -296,11 +291,7 @@ impl Restart {
         else {
             return Ok(Some(self));
         };
-        let listeners: Vec<Vec<Listener>> = next
-            .ports
-            .iter()
-            .map(|&port| kernel.listeners(next.pid(), port))
-            .collect::<Result<_>>()?;
+        let listeners = kernel.listeners(next.pid(), &next.ports)?;
         let missing: Vec<u16> = next
             .ports
             .iter()
@@ -312,8 +303,8 @@ impl Restart {
             let retry = (looks < LISTENER_RETRIES)
                 .then(|| (Instant::now() + LISTENER_RETRY * 2u32.pow(looks), looks + 1));
             if retry.is_none() {
-                for &port in &missing {
-                    if kernel.listening(port)? {
+                for (&port, taken) in missing.iter().zip(kernel.listening(&missing)?) {
+                    if taken {
                         warn!(
                             "restart: a socket listens on port {port}, but generation {} holds \
                              none: waiting for one of its own",
