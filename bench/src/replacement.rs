@@ -172,7 +172,10 @@ fn replace(bed: &Bed, way: Way, session: Duration) -> Replacement {
             session_kept,
         )
     });
-    let listen_to_first = (way == Way::Restart).then(|| listen_to_first(&server, &attempts));
+    let listen_to_first = match way {
+        Way::Restart => listen_to_first(&server, &attempts),
+        Way::StopAndStart | Way::DrainThenStart => None,
+    };
     server.signal(Signal::SIGTERM);
     server.wait(Duration::from_secs(30));
 
@@ -197,7 +200,7 @@ fn replace(bed: &Bed, way: Way, session: Duration) -> Replacement {
         failed: failed.len(),
         failing_for,
         session_kept,
-        listen_to_first: listen_to_first.flatten(),
+        listen_to_first,
     }
 }
 
